@@ -1,0 +1,34 @@
+"""My SaaS Chat: one stack of the environment. Read top to bottom, it is the table of contents."""
+
+import pulumi
+
+from components.data import DataStore, DataStoreArgs
+from components.host import Host, HostArgs
+from components.network import Networks, NetworksArgs
+from components.secrets import SecretStore, SecretStoreArgs
+from components.service import AppService, AppServiceArgs
+from config import ConfigError, from_pulumi_runtime, load_environment
+
+try:
+    env = load_environment(from_pulumi_runtime())
+except ConfigError as error:  # every problem at once, and no resource registered
+    raise pulumi.RunError(f"invalid configuration:\n{error}") from None
+
+host = Host("host", HostArgs(env=env))
+networks = Networks("net", NetworksArgs(env=env, host=host))
+secrets = SecretStore("secrets", SecretStoreArgs(env=env))
+stores = {
+    kind: DataStore(kind, DataStoreArgs(env=env, host=host, network=networks.data.name))
+    for kind in ("postgres", "redis", "rabbitmq")
+}
+
+services: dict[str, AppService] = {}
+for name in env.service_order():
+    after = [services[dep].container for dep in env.services[name].depends_on]
+    services[name] = AppService(name, AppServiceArgs(env=env, host=host, networks=networks, secrets=secrets,
+                                                     stores=stores, after=after))
+
+pulumi.export("host_address", host.address)
+pulumi.export("url", f"https://{env.domain}")
+pulumi.export("services", {name: svc.container.name for name, svc in services.items()})
+pulumi.export("images", {name: svc.image.reference for name, svc in env.services.items()})

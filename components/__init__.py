@@ -1,0 +1,1 @@
+"""Component resources, one module per responsibility (tokens `my-saas-chat:<module>:<Type>`)."""

@@ -1,0 +1,137 @@
+"""PostgreSQL, Redis and RabbitMQ: stateful containers whose data outlives every `up` and `destroy`.
+
+Each store gets a protected, retained named volume, a fixed container name and stop-first
+replacement (never two engines on one volume), sits only on the internal data network, and hands
+services a derived connection string. Passwords are delivered as files in a small volume, because
+the read-only root filesystem refuses uploads anywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import pulumi
+import pulumi_docker as docker
+import pulumi_random as random
+
+from components.container import ContainerSpec, Mount, Upload, hardened_container
+from components.host import Host
+from config import Environment
+from render import datastores as r
+
+
+@dataclass
+class Recipe:
+    """What differs between the stores; everything else is shared below."""
+
+    kind: str
+    user: str
+    port: int
+    data_path: str
+    image: str
+    cpus: float
+    memory: int
+    healthcheck: list[str]
+    envs: dict[str, str]
+    command: list[str] | None = None
+    tmpfs: tuple[str, ...] = ("/tmp",)
+    files: Callable[[str], dict[str, str]] = field(default=lambda pw: {})
+    url: Callable[[str, str], str] = field(default=lambda pw, service: "")
+
+
+def postgres_recipe(env: Environment) -> Recipe:
+    spec = env.postgres
+    pw_file = f"{r.SECRETS_DIR}/postgres-password"
+    return Recipe(
+        kind="postgres", user="70:70", port=5432, data_path="/var/lib/postgresql/data",
+        image=spec.image.reference, cpus=spec.cpu, memory=spec.memory, healthcheck=r.POSTGRES_HEALTHCHECK,
+        command=r.postgres_command(spec), tmpfs=("/tmp", "/var/run/postgresql"),
+        envs={"POSTGRES_USER": spec.user, "POSTGRES_DB": spec.database, "POSTGRES_PASSWORD_FILE": pw_file,
+              "PGDATA": "/var/lib/postgresql/data/pgdata",
+              # Password auth on loopback and the socket too, so the healthcheck proves the password.
+              "POSTGRES_INITDB_ARGS": "--auth-host=scram-sha-256 --auth-local=scram-sha-256"},
+        files=lambda pw: {pw_file: pw},
+        # One database, one Prisma schema per service: migrations of one service cannot touch another's tables.
+        url=lambda pw, service: (f"postgresql://{spec.user}:{quote(pw, safe='')}@postgres:5432/{spec.database}"
+                                 f"?schema={service.replace('-', '_')}"),
+    )
+
+
+def redis_recipe(env: Environment) -> Recipe:
+    spec = env.redis
+    pw_file, conf_file = f"{r.SECRETS_DIR}/redis-password", f"{r.SECRETS_DIR}/redis.conf"
+    return Recipe(
+        kind="redis", user="999:1000", port=6379, data_path="/data", image=spec.image.reference,
+        cpus=spec.cpu, memory=spec.memory, healthcheck=r.REDIS_HEALTHCHECK,
+        command=["redis-server", conf_file], envs={"REDIS_PASSWORD_FILE": pw_file},
+        files=lambda pw: {pw_file: pw, conf_file: r.redis_conf(spec, pw)},
+        url=lambda pw, service: f"redis://:{quote(pw, safe='')}@redis:6379/0",
+    )
+
+
+def rabbitmq_recipe(env: Environment) -> Recipe:
+    spec = env.rabbitmq
+    pw_file, conf_file = f"{r.SECRETS_DIR}/rabbitmq-password", f"{r.SECRETS_DIR}/rabbitmq.conf"
+    return Recipe(
+        kind="rabbitmq", user="100:101", port=5672, data_path="/var/lib/rabbitmq", image=spec.image.reference,
+        cpus=spec.cpu, memory=spec.memory, healthcheck=r.RABBITMQ_HEALTHCHECK,
+        envs={"RABBITMQ_CONFIG_FILE": conf_file, "RABBITMQ_USER": spec.user, "RABBITMQ_PASSWORD_FILE": pw_file},
+        files=lambda pw: {pw_file: pw, conf_file: r.rabbitmq_conf(spec, pw)},
+        url=lambda pw, service: f"amqp://{spec.user}:{quote(pw, safe='')}@rabbitmq:5672/{quote(spec.vhost, safe='')}",
+    )
+
+
+# First start of an empty Postgres runs initdb before listening: give it a minute.
+STORE_HEALTH: dict[str, str | int] = {"interval": "10s", "timeout": "5s", "retries": 5, "start_period": "60s"}
+
+RECIPES = {"postgres": postgres_recipe, "redis": redis_recipe, "rabbitmq": rabbitmq_recipe}
+
+
+@dataclass
+class DataStoreArgs:
+    env: Environment
+    host: Host
+    network: pulumi.Input[str]
+
+
+class DataStore(pulumi.ComponentResource):
+    container: docker.Container
+
+    def __init__(self, kind: str, args: DataStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(f"my-saas-chat:data:{kind.capitalize()}", kind, None, opts)
+        env, recipe = args.env, RECIPES[kind](args.env)
+        self._recipe = recipe
+        docker_opts = args.host.docker_opts(self)
+        keep = pulumi.ResourceOptions(protect=True, retain_on_delete=True)
+        # Generated until the secrets issue moves passwords into Secrets Manager; never on a command line.
+        self.password = random.RandomPassword(f"{kind}-password", length=32, special=False,
+                                              opts=pulumi.ResourceOptions(parent=self)).result
+        image = docker.RemoteImage(f"{kind}-image", name=recipe.image, keep_locally=True, opts=docker_opts)
+        data = docker.Volume(f"{kind}-data", name=f"mysaaschat-{env.stack}-{kind}-data",
+                             labels=[docker.VolumeLabelArgs(label="com.mysaaschat.stack", value=env.stack)],
+                             opts=pulumi.ResourceOptions.merge(docker_opts, keep))
+        secrets = docker.Volume(f"{kind}-secrets", name=f"mysaaschat-{env.stack}-{kind}-secrets", opts=docker_opts)
+        files = self.password.apply(recipe.files)
+        uploads: Sequence[Upload] = [
+            Upload(path=path, owner=recipe.user, content=pulumi.Output.secret(files.apply(lambda f, p=path: f[p])))
+            for path in sorted(recipe.files("x"))
+        ]
+        self.container = hardened_container(
+            kind,
+            ContainerSpec(
+                service=kind, image=image, user=recipe.user, cpus=recipe.cpus, memory_bytes=recipe.memory,
+                healthcheck=recipe.healthcheck, health=STORE_HEALTH, networks=[args.network],
+                envs=[f"{k}={v}" for k, v in sorted(recipe.envs.items())], command=recipe.command,
+                tmpfs=recipe.tmpfs, uploads=uploads, lifecycle="stateful",
+                fixed_name=f"mysaaschat-{env.stack}-{kind}", stop_grace_seconds=60, deploy_timeout_seconds=300,
+                mounts=[Mount(data.name, recipe.data_path), Mount(secrets.name, r.SECRETS_DIR)],
+            ),
+            env.stack,
+            docker_opts,
+        )
+        self.register_outputs({"container": self.container.name})
+
+    def url_for(self, service: str) -> pulumi.Output[str]:
+        return pulumi.Output.secret(self.password.apply(lambda pw: self._recipe.url(pw, service)))

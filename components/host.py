@@ -1,0 +1,173 @@
+"""The Docker host: an EC2 instance built for one job, or the laptop's own engine (`host.kind: local`).
+
+Whatever the kind, the rest of the program only sees `Host.docker_opts()`: the explicit Docker
+provider plus a dependency on "the engine answers". Default Docker providers are disabled in
+Pulumi.yaml, so nothing can land on the machine that runs `pulumi up` by accident.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_aws as aws
+import pulumi_command as command
+import pulumi_docker as docker
+import pulumi_tls as tls
+
+from config import Environment
+from render.cloud_init import DATA_MOUNT, render_user_data
+
+TOKEN = "my-saas-chat:host:Host"
+
+
+@dataclass
+class HostArgs:
+    env: Environment
+
+
+class Host(pulumi.ComponentResource):
+    provider: docker.Provider
+    engine_ready: list[pulumi.Resource]
+    address: pulumi.Output[str]
+
+    def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, None, opts)
+        self._name = name
+        env = args.env
+        if env.host.kind == "local":
+            self.address = pulumi.Output.from_input("localhost")
+            self.engine_ready = []
+            self.provider = docker.Provider(f"{name}-docker", host=env.host.docker_host, opts=self._child())
+        else:
+            self._ec2(env)
+        self.register_outputs({"address": self.address})
+
+    def docker_opts(self, parent: pulumi.Resource) -> pulumi.ResourceOptions:
+        """Options every Docker resource must use: this host's provider, after its engine answers."""
+        return pulumi.ResourceOptions(parent=parent, provider=self.provider, depends_on=self.engine_ready)
+
+    def _child(self, **kwargs: object) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, **kwargs)  # type: ignore[arg-type]
+
+    def _ec2(self, env: Environment) -> None:
+        name, host = self._name, env.host
+        assert host.ami and host.instance_type and host.root_volume and host.data_volume and host.ssh_public_key
+        tags = {"Project": "my-saas-chat", "Stack": env.stack}
+        invoke = pulumi.InvokeOutputOptions(parent=self)
+        vpc = aws.ec2.get_vpc_output(default=True, opts=invoke)
+        subnet = aws.ec2.get_subnet_output(default_for_az=True, availability_zone=host.availability_zone, opts=invoke)
+        ami = aws.ec2.get_ami_output(
+            owners=host.ami.owners, most_recent=True, opts=invoke,
+            filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[host.ami.name]),
+                     aws.ec2.GetAmiFilterArgs(name="architecture", values=[host.ami.architecture])])
+        identity, region = aws.get_caller_identity_output(opts=invoke), aws.get_region_output(opts=invoke)
+
+        group = aws.ec2.SecurityGroup(
+            f"{name}-sg", vpc_id=vpc.id, description=f"my-saas-chat {env.stack}: web to all, SSH to admins", tags=tags,
+            ingress=[
+                aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=p, to_port=p, cidr_blocks=["0.0.0.0/0"],
+                                                 description=d) for p, d in ((80, "http"), (443, "https"))
+            ] + [aws.ec2.SecurityGroupIngressArgs(protocol="tcp", from_port=22, to_port=22,
+                                                  cidr_blocks=list(host.admin_cidrs), description="ssh from admins")],
+            egress=[aws.ec2.SecurityGroupEgressArgs(protocol="-1", from_port=0, to_port=0, cidr_blocks=["0.0.0.0/0"])],
+            opts=self._child())
+        # The address exists before the instance (on its own interface), so the host is reachable at
+        # its final address from the first boot and the engine wait can start as soon as it runs.
+        nic = aws.ec2.NetworkInterface(f"{name}-nic", subnet_id=subnet.id, security_groups=[group.id], tags=tags,
+                                       opts=self._child())
+        eip = aws.ec2.Eip(f"{name}-eip", domain="vpc", network_interface=nic.id, tags=tags, opts=self._child())
+        data = aws.ebs.Volume(
+            f"{name}-data", availability_zone=host.availability_zone, size=host.data_volume // 1024**3, type="gp3",
+            encrypted=True, tags={**tags, "Name": f"my-saas-chat-{env.stack}-docker-data"},
+            # Docker's data root, databases included: it outlives any instance and `pulumi destroy`.
+            opts=self._child(protect=True, retain_on_delete=True))
+        host_key = tls.PrivateKey(f"{name}-ssh-host-key", algorithm="ED25519", opts=self._child())
+        key_pair = aws.ec2.KeyPair(f"{name}-admin-key", public_key=host.ssh_public_key, tags=tags, opts=self._child())
+        role = aws.iam.Role(
+            f"{name}-role", tags=tags,
+            assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [
+                {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"}}]}),
+            inline_policies=[aws.iam.RoleInlinePolicyArgs(
+                name="least-privilege",
+                policy=pulumi.Output.all(identity.account_id, region.region).apply(
+                    lambda ids: host_policy(env, account=ids[0], region=ids[1])))],
+            opts=self._child())
+        profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=self._child())
+        user_data = pulumi.Output.all(data.id, host_key.private_key_openssh, host_key.public_key_openssh).apply(
+            lambda v: render_user_data(data_volume_id=v[0], host_private_key=v[1], host_public_key=v[2].strip(),
+                                       admin_user=host.ssh_user, admin_public_key=host.ssh_public_key or ""))
+        instance = aws.ec2.Instance(
+            f"{name}-instance", ami=ami.id, instance_type=host.instance_type, availability_zone=host.availability_zone,
+            iam_instance_profile=profile.name, key_name=key_pair.key_name, user_data=pulumi.Output.secret(user_data),
+            primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(network_interface_id=nic.id),
+            metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
+                http_tokens="required", http_endpoint="enabled",
+                # Hop limit 1: containers (one hop further) cannot reach the instance role's credentials.
+                http_put_response_hop_limit=1),
+            root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
+                volume_type="gp3", volume_size=host.root_volume // 1024**3, encrypted=True, delete_on_termination=True),
+            tags={**tags, "Name": f"my-saas-chat-{env.stack}"},
+            opts=self._child(
+                # A newer AMI or edited user data must not replace the host (and stop the product) on
+                # an unrelated `up`; rolling the host is explicit: `pulumi up --replace <instance urn>`.
+                ignore_changes=["ami", "userData"],
+                # The data volume and the address can belong to one instance at a time.
+                delete_before_replace=True))
+        aws.ec2.VolumeAttachment(f"{name}-data-attachment", device_name="/dev/sdf", volume_id=data.id,
+                                 instance_id=instance.id, stop_instance_before_detaching=True, opts=self._child())
+
+        self.address = eip.public_ip
+        known_host = host_key.public_key_openssh.apply(lambda k: k.strip())
+        wait = command.remote.Command(
+            f"{name}-engine-ready",
+            connection=command.remote.ConnectionArgs(
+                host=eip.public_ip, user=host.ssh_user, host_key=known_host,
+                private_key=pulumi.Output.secret(host.ssh_private_key) if host.ssh_private_key else None,
+                dial_error_limit=60, per_dial_timeout=10),
+            # Explicit in the graph: nothing touches Docker before cloud-init finished, the data
+            # volume is mounted and the engine answers.
+            create=f"cloud-init status --wait >/dev/null; for i in $(seq 1 120); do mountpoint -q {DATA_MOUNT} "
+                   "&& docker info >/dev/null 2>&1 && exit 0; sleep 5; done; exit 1",
+            triggers=[instance.id],
+            opts=self._child(depends_on=[instance]))
+        self.engine_ready = [wait]
+        self.provider = docker.Provider(
+            f"{name}-docker",
+            host=pulumi.Output.concat("ssh://", host.ssh_user, "@", eip.public_ip),
+            ssh_opts=known_host.apply(lambda key: ssh_options(key)),
+            # The engine is not up when the provider is configured; `engine_ready` orders every
+            # Docker resource after the wait instead.
+            disable_docker_daemon_check=True,
+            opts=self._child())
+
+
+def ssh_options(host_public_key: str) -> list[str]:
+    """Strict host-key checking against the key Pulumi generated: no trust-on-first-use, no prompt.
+
+    KnownHostsCommand (OpenSSH >= 8.5) supplies the pinned key without a file that every operator
+    machine would need; UserKnownHostsFile=/dev/null keeps a stale entry from shadowing it.
+    """
+    return [
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "UserKnownHostsFile=/dev/null",
+        "-o", f"KnownHostsCommand=/bin/echo %H {host_public_key}",
+        "-o", "HostKeyAlgorithms=ssh-ed25519",
+        "-o", "ServerAliveInterval=15",
+        "-o", "ConnectTimeout=20",
+    ]
+
+
+def host_policy(env: Environment, *, account: str, region: str) -> str:
+    """Least privilege: read the stack's own secrets, write (never read or delete) its backup prefix."""
+    statements: list[dict[str, object]] = []
+    if env.secrets:
+        statements.append({
+            "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
+            "Resource": sorted(f"arn:aws:secretsmanager:{region}:{account}:secret:{sid}-??????"
+                               for sid in env.secrets.values())})
+    if env.host.backup_bucket:
+        statements.append({"Effect": "Allow", "Action": ["s3:PutObject"],
+                           "Resource": [f"arn:aws:s3:::{env.host.backup_bucket}/{env.stack}/*"]})
+    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)

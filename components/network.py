@@ -1,0 +1,39 @@
+"""Docker networks that encode who may talk to whom.
+
+`data` is internal (no route off the host): only the stores and the services that use them join
+it. `apps` is internal too: service-to-service and, later, gateway-to-service traffic. Only
+services that declare `egress` join `egress`, the one network with a route to the internet.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components.host import Host
+from config import Environment
+
+
+@dataclass
+class NetworksArgs:
+    env: Environment
+    host: Host
+
+
+class Networks(pulumi.ComponentResource):
+    def __init__(self, name: str, args: NetworksArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("my-saas-chat:network:Networks", name, None, opts)
+        stack = args.env.stack
+
+        def network(role: str, internal: bool) -> docker.Network:
+            return docker.Network(
+                f"{name}-{role}", name=f"mysaaschat-{stack}-{role}", driver="bridge", internal=internal,
+                labels=[docker.NetworkLabelArgs(label="com.mysaaschat.stack", value=stack)],
+                opts=args.host.docker_opts(self))
+
+        self.data = network("data", internal=True)
+        self.apps = network("apps", internal=True)
+        self.egress = network("egress", internal=False)
+        self.register_outputs({"data": self.data.name, "apps": self.apps.name, "egress": self.egress.name})

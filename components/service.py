@@ -1,0 +1,72 @@
+"""One product service: its pinned image and a hardened, zero-downtime-replaceable container.
+
+The container's environment is derived from the model (`config.service_env`): shared values,
+the service's overrides, secrets by reference and connection strings from the data stores.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import pulumi
+import pulumi_docker as docker
+
+from components.container import ContainerSpec, hardened_container, node_http_healthcheck
+from components.data import DataStore
+from components.host import Host
+from components.network import Networks
+from components.secrets import SecretStore
+from config import Environment, StoreUrl, service_env
+from config.model import SecretRef
+
+
+@dataclass
+class AppServiceArgs:
+    env: Environment
+    host: Host
+    networks: Networks
+    secrets: SecretStore
+    stores: Mapping[str, DataStore]
+    # Services this one waits for (from the model's depends_on), so they are healthy first.
+    after: list[pulumi.Resource]
+
+
+class AppService(pulumi.ComponentResource):
+    container: docker.Container
+
+    def __init__(self, name: str, args: AppServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("my-saas-chat:service:AppService", name, None, opts)
+        env, svc = args.env, args.env.services[name]
+        docker_opts = args.host.docker_opts(self)
+        image = docker.RemoteImage(f"{name}-image", name=svc.image.reference, keep_locally=True, opts=docker_opts)
+
+        envs: list[pulumi.Input[str]] = []
+        for var, value in service_env(env, name).items():
+            if isinstance(value, SecretRef):
+                envs.append(pulumi.Output.concat(f"{var}=", args.secrets.value(value)))
+            elif isinstance(value, StoreUrl):
+                envs.append(pulumi.Output.concat(f"{var}=", args.stores[value.store].url_for(name)))
+            else:
+                envs.append(f"{var}={value}")
+
+        networks = [args.networks.apps.name]
+        if svc.uses:
+            networks.append(args.networks.data.name)
+        if svc.egress:
+            networks.append(args.networks.egress.name)
+        # A service starts once the stores it uses are healthy, and after the services the model
+        # says it depends on; nothing else orders it.
+        after = [args.stores[s].container for s in svc.uses] + args.after
+        self.container = hardened_container(
+            name,
+            ContainerSpec(
+                service=name, image=image, user=svc.user, cpus=svc.cpu, memory_bytes=svc.memory,
+                healthcheck=node_http_healthcheck(svc.health_path), health=svc.healthcheck.model_dump(),
+                networks=networks, envs=envs, tmpfs=svc.tmpfs, stop_grace_seconds=svc.stop_grace_seconds,
+                deploy_timeout_seconds=svc.deploy_timeout_seconds, labels={"com.mysaaschat.kind": svc.kind},
+            ),
+            env.stack,
+            pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(depends_on=after)),
+        )
+        self.register_outputs({"container": self.container.name, "image": image.repo_digest})

@@ -1,0 +1,1 @@
+"""Operator tooling: strict mocks, offline synth, docs (`python -m ops --help`)."""

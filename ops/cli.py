@@ -1,0 +1,76 @@
+"""Operator CLI: `python -m ops synth prod --out build/synth`, `python -m ops docs`."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from config import ConfigError
+from ops import docs as docs_module
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="My SaaS Chat infrastructure operator tools.")
+
+
+@app.command()
+def synth(
+    stack: Annotated[Optional[str], typer.Argument(help="Stack name (Pulumi.<stack>.yaml).")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Output directory.")] = Path("build/synth"),
+    all_stacks: Annotated[bool, typer.Option("--all", help="Every Pulumi.<stack>.yaml, into OUT/<stack>/.")] = False,
+    secrets_file: Annotated[Optional[Path], typer.Option(
+        "--secrets-file", help="JSON {secret-id: value} standing in for Secrets Manager.")] = None,
+) -> None:
+    """Write the stack's whole desired state offline: resources.json, files/, summary.md, graph.mmd."""
+    from ops import runner, synth as writer
+
+    if all_stacks == (stack is not None):
+        raise typer.BadParameter("name one STACK or pass --all")
+    names = runner.stacks() if all_stacks else [stack or ""]
+    secrets = None
+    if secrets_file is not None:
+        try:
+            secrets = json.loads(secrets_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            typer.echo(f"{secrets_file}: cannot be read as JSON: {exc}", err=True)
+            raise typer.Exit(2) from None
+        if not isinstance(secrets, dict):
+            typer.echo(f"{secrets_file}: must be a JSON object of secret id -> value", err=True)
+            raise typer.Exit(2)
+    recordings = []
+    for name in names:
+        if not runner.stack_file(name).exists():
+            typer.echo(f"no stack file {runner.stack_file(name).name} (stacks: {', '.join(runner.stacks())})", err=True)
+            raise typer.Exit(2)
+        try:
+            recordings.append(runner.run_stack(name, secrets=secrets))
+        except ConfigError as error:
+            typer.echo(f"invalid configuration for stack {name}:\n{error}", err=True)
+            raise typer.Exit(2) from None
+        except runner.StrictMockError as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(1) from None
+    # Written only once every stack synthesized: nothing half-applied.
+    for rec in recordings:
+        target = out / rec.stack if all_stacks else out
+        writer.write(rec, target)
+        typer.echo(f"{rec.stack}: {len(rec.resources)} resources -> {target}")
+
+
+@app.command()
+def docs(check: Annotated[bool, typer.Option("--check", help="Fail if the file is stale.")] = False) -> None:
+    """Regenerate docs/configuration.md from the models."""
+    text = docs_module.render()
+    if check:
+        if not docs_module.PATH.exists() or docs_module.PATH.read_text() != text:
+            typer.echo(f"{docs_module.PATH} is stale: run python -m ops docs", err=True)
+            raise typer.Exit(1)
+        return
+    docs_module.PATH.write_text(text)
+    typer.echo(f"wrote {docs_module.PATH}")
+
+
+def main() -> None:
+    sys.exit(app())

@@ -1,0 +1,186 @@
+"""Strict mocks: the real program under `pulumi.runtime.set_mocks`, recorded and checked.
+
+`StrictMonitor` sees each whole registration request (options included), checks every input
+against the SDK metadata (ops/strict.py) and records it. `StrictMocks` answers computed outputs
+deterministically (ids, image digests, addresses, generated passwords, ARNs) so Output-valued
+inputs resolve; an output it cannot answer resolves to a marker that fails the run where it is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from pulumi.runtime import mocks, rpc
+
+from ops.strict import UNRESOLVED, check_inputs, find_unresolved, output_properties
+
+ACCOUNT = "123456789012"
+
+
+def digest(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class Registration:
+    urn: str
+    type: str
+    name: str
+    custom: bool
+    parent: str
+    provider: str
+    dependencies: list[str]
+    property_dependencies: dict[str, list[str]]
+    protect: bool
+    retain_on_delete: bool
+    delete_before_replace: bool
+    replace_on_changes: list[str]
+    ignore_changes: list[str]
+    inputs: dict[str, Any]
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Invocation:
+    token: str
+    args: dict[str, Any]
+
+
+class StrictMocks(mocks.Mocks):
+    def __init__(self, stack: str, region: str, secret_documents: dict[str, str]) -> None:
+        self.stack, self.region = stack, region
+        self.secret_documents = secret_documents
+        self.invokes: list[Invocation] = []
+        self.violations: list[str] = []
+        self.secret_values: set[str] = set(_leaves(secret_documents))
+
+    def call(self, args: mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
+        self.invokes.append(Invocation(args.token, dict(args.args)))
+        token, a = args.token, args.args
+        h = digest(token, json.dumps(a, sort_keys=True, default=str))
+        if token == "aws:secretsmanager/getSecretVersion:getSecretVersion":
+            sid = a["secretId"]
+            if sid not in self.secret_documents:
+                self.violations.append(f"invoke {token}: no value for secret {sid!r} in the secrets file")
+                return {}
+            arn = f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:{sid}-{h[:6]}"
+            return {"secretString": self.secret_documents[sid], "arn": arn, "id": arn, "secretId": sid,
+                    "versionId": h[:32], "versionStages": ["AWSCURRENT"]}
+        answers: dict[str, dict[str, Any]] = {
+            "aws:ec2/getAmi:getAmi": {"id": f"ami-{h[:17]}", "architecture": "x86_64", "name": "mocked"},
+            "aws:ec2/getVpc:getVpc": {"id": f"vpc-{h[:17]}", "cidrBlock": "172.31.0.0/16"},
+            "aws:ec2/getSubnet:getSubnet": {"id": f"subnet-{h[:17]}", "cidrBlock": "172.31.0.0/20"},
+            "aws:index/getCallerIdentity:getCallerIdentity": {"accountId": ACCOUNT, "id": ACCOUNT, "userId": "MOCK",
+                                                              "arn": f"arn:aws:iam::{ACCOUNT}:user/mock"},
+            "aws:index/getRegion:getRegion": {"region": self.region, "name": self.region, "id": self.region},
+        }
+        if token not in answers:
+            self.violations.append(f"invoke {token}: the strict mocks have no answer for it (add one in ops/mocks.py)")
+            return {}
+        return answers[token]
+
+    def new_resource(self, args: mocks.MockResourceArgs) -> tuple[str, dict[str, Any]]:
+        h = digest(self.stack, args.typ, args.name)
+        state = dict(args.inputs)
+        computed = self._computed(args.typ, args.name, args.inputs, h)
+        state.update(computed)
+        resource_id = str(computed.get("id") or f"{args.name}-{h[:8]}")
+        if args.custom:
+            # Only string outputs can carry the marker; typed ones (enums, objects) would not translate.
+            for prop, hint in output_properties(args.typ).items():
+                if hint is str:
+                    state.setdefault(prop, f"{UNRESOLVED}{args.typ}.{prop}>")
+        return resource_id, state
+
+    def _computed(self, typ: str, name: str, inputs: dict[str, Any], h: str) -> dict[str, Any]:
+        arn = f"arn:aws:{typ.split(':')[1].split('/')[0]}:{self.region}:{ACCOUNT}:{name}"
+        if typ == "random:index/randomPassword:RandomPassword":
+            length = int(inputs.get("length", 16))
+            result = (h * 4)[:length]
+            self.secret_values.add(result)
+            return {"result": result, "bcryptHash": f"$2a$10${h[:53]}"}
+        if typ == "tls:index/privateKey:PrivateKey":
+            private = f"-----BEGIN OPENSSH PRIVATE KEY-----\nMOCK{h}\n-----END OPENSSH PRIVATE KEY-----\n"
+            self.secret_values.update({private, private.strip()})
+            public = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{h[:43]}\n"
+            return {"privateKeyOpenssh": private, "privateKeyPem": private, "privateKeyPemPkcs8": private,
+                    "publicKeyOpenssh": public, "publicKeyPem": public, "publicKeyFingerprintSha256": f"SHA256:{h[:43]}",
+                    "publicKeyFingerprintMd5": h[:32], "id": h[:40]}
+        if typ == "docker:index/remoteImage:RemoteImage":
+            ref = str(inputs.get("name", ""))
+            repo, _, pinned = ref.partition("@")
+            repo = repo.rsplit(":", 1)[0] if "/" in repo.rsplit(":", 1)[-1] or ":" in repo.rsplit("/", 1)[-1] else repo
+            repo_digest = f"{repo}@{pinned}" if pinned else f"{repo}@sha256:{digest('digest', ref)}"
+            return {"imageId": f"sha256:{digest('image', ref)}", "repoDigest": repo_digest, "id": f"sha256:{h}"}
+        if typ == "docker:index/container:Container":
+            return {"name": inputs.get("name") or f"{name}-{h[:7]}", "id": h, "exitCode": 0, "containerLogs": ""}
+        if typ in ("docker:index/network:Network", "docker:index/volume:Volume"):
+            return {"name": inputs.get("name") or name, "id": h[:24], "mountpoint": f"/var/lib/docker/volumes/{name}"}
+        if typ.startswith("command:"):
+            return {"stdout": "", "stderr": ""}
+        if typ == "aws:ec2/eip:Eip":
+            return {"id": f"eipalloc-{h[:17]}", "allocationId": f"eipalloc-{h[:17]}", "arn": arn,
+                    "publicIp": f"198.51.100.{int(h[:2], 16) % 200 + 10}", "publicDns": f"ec2-{h[:6]}.compute.amazonaws.com"}
+        if typ == "aws:ec2/instance:Instance":
+            return {"id": f"i-{h[:17]}", "arn": arn, "privateIp": "172.31.5.10", "publicIp": "", "primaryNetworkInterfaceId": ""}
+        if typ.startswith("aws:"):
+            prefix = {"aws:ec2/securityGroup:SecurityGroup": "sg-", "aws:ec2/networkInterface:NetworkInterface": "eni-",
+                      "aws:ebs/volume:Volume": "vol-", "aws:ec2/keyPair:KeyPair": "key-"}.get(typ, "")
+            out: dict[str, Any] = {"id": f"{prefix}{h[:17]}" if prefix else name, "arn": arn, "tagsAll": inputs.get("tags", {})}
+            if typ in ("aws:iam/role:Role", "aws:iam/instanceProfile:InstanceProfile"):
+                out["name"] = inputs.get("name") or f"{name}-{h[:7]}"
+                out["uniqueId"] = f"AROA{h[:17].upper()}"
+            if typ == "aws:ec2/keyPair:KeyPair":
+                out["keyName"] = inputs.get("keyName") or f"{name}-{h[:7]}"
+            return out
+        return {}
+
+
+class StrictMonitor(mocks.MockMonitor):
+    def __init__(self, mocks_: StrictMocks) -> None:
+        super().__init__(mocks_)
+        self.strict = mocks_
+        self.registrations: dict[str, Registration] = {}
+        self.stack_outputs: dict[str, Any] = {}
+
+    def RegisterResource(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        if request.type != "pulumi:pulumi:Stack":
+            inputs = rpc.deserialize_properties(request.object, keep_unknowns=True)
+            urn = self.make_urn(request.parent, request.type, request.name)
+            label = f"{request.type} {request.name!r}"
+            if request.custom:
+                self.strict.violations.extend(f"{label}: {p}" for p in check_inputs(request.type, inputs))
+            self.strict.violations.extend(f"{label}: {p}" for p in find_unresolved(inputs))
+            self.registrations[urn] = Registration(
+                urn=urn, type=request.type, name=request.name, custom=request.custom, parent=request.parent,
+                provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
+                dependencies=sorted(set(request.dependencies)),
+                property_dependencies={k: sorted(v.urns) for k, v in sorted(request.propertyDependencies.items())},
+                protect=bool(request.protect), retain_on_delete=bool(request.retainOnDelete),
+                delete_before_replace=bool(request.deleteBeforeReplace),
+                replace_on_changes=sorted(request.replaceOnChanges), ignore_changes=sorted(request.ignoreChanges),
+                inputs=inputs)
+        return super().RegisterResource(request)
+
+    def RegisterResourceOutputs(self, request: Any) -> Any:  # noqa: N802 - gRPC method name
+        outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
+        if request.urn in self.registrations:
+            self.registrations[request.urn].outputs = outputs
+        elif "pulumi:pulumi:Stack" in request.urn:
+            self.stack_outputs = outputs
+        return super().RegisterResourceOutputs(request)
+
+
+def _leaves(documents: dict[str, str]) -> list[str]:
+    values: list[str] = []
+    for text in documents.values():
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError:
+            values.append(text)
+            continue
+        values.extend(str(v) for v in (doc.values() if isinstance(doc, dict) else [doc]))
+    return values

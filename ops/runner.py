@@ -1,0 +1,115 @@
+"""Run the real `__main__.py` for one stack under the strict mocks and return what it registered."""
+
+from __future__ import annotations
+
+import json
+import os
+import runpy
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pulumi.runtime import config as runtime_config
+from pulumi.runtime import mocks, settings
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+from config import Environment, StackInput, load_environment, read_stack_file
+from config.load import CATALOG_FILE, PROJECT, ROOT_DIR, SECRET_PLACEHOLDER
+from ops.mocks import Invocation, Registration, StrictMocks, StrictMonitor
+
+PROGRAM = ROOT_DIR / "__main__.py"
+CATALOG_ENV = "MY_SAAS_CHAT_CATALOG"  # an alternative catalog, for benchmarks and tests
+
+
+class StrictMockError(Exception):
+    def __init__(self, stack: str, violations: list[str]):
+        self.violations = violations
+        super().__init__(f"stack {stack}: the program broke the strict mocks:\n  " + "\n  ".join(violations))
+
+
+@dataclass
+class Recording:
+    stack: str
+    env: Environment
+    resources: dict[str, Registration]
+    invokes: list[Invocation]
+    stack_outputs: dict[str, Any]
+    secret_values: set[str] = field(default_factory=set)
+
+
+def stack_file(stack: str) -> Path:
+    return ROOT_DIR / f"Pulumi.{stack}.yaml"
+
+
+def stacks() -> list[str]:
+    return sorted(p.name.split(".")[1] for p in ROOT_DIR.glob("Pulumi.*.yaml"))
+
+
+def placeholder_documents(env: Environment) -> dict[str, str]:
+    """Deterministic stand-ins for every Secrets Manager document the model references."""
+    keys: dict[str, set[str]] = {}
+    for svc in env.services.values():
+        for ref in svc.secrets.values():
+            keys.setdefault(env.secrets.get(ref.secret, ref.secret), set()).add(ref.key)
+    return {sid: json.dumps({k: f"placeholder-{sid}-{k}".replace("/", "-") for k in sorted(ks)}, sort_keys=True)
+            for sid, ks in sorted(keys.items())}
+
+
+def region_of(path: Path) -> str:
+    config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    return str(config.get("aws:region", "us-east-1"))
+
+
+@contextmanager
+def _catalog(catalog: Path | None) -> Iterator[Path]:
+    previous = os.environ.get(CATALOG_ENV)
+    if catalog is not None:
+        os.environ[CATALOG_ENV] = str(catalog)
+    try:
+        yield Path(os.environ.get(CATALOG_ENV, CATALOG_FILE))
+    finally:
+        if previous is None:
+            os.environ.pop(CATALOG_ENV, None)
+        else:
+            os.environ[CATALOG_ENV] = previous
+
+
+def run_stack(stack: str, *, secrets: Mapping[str, Any] | None = None, catalog: Path | None = None,
+              path: Path | None = None) -> Recording:
+    """Validate the stack's config (ConfigError), then run the program and check what it registers."""
+    path = path or stack_file(stack)
+    stack_input = read_stack_file(path, stack)
+    with _catalog(catalog) as catalog_path:
+        env = load_environment(stack_input, catalog=catalog_path)
+        documents = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (secrets or {}).items()} \
+            if secrets is not None else placeholder_documents(env)
+        strict = StrictMocks(stack, region_of(path), documents)
+        strict.secret_values.update(_config_placeholders(stack_input))
+        monitor = StrictMonitor(strict)
+        mocks.set_mocks(strict, project=PROJECT, stack=stack, preview=False, monitor=monitor)
+        settings.set_root_resource(None)
+        runtime_config.set_all_config(*_engine_config(path, stack_input))
+        _sync_await(run_in_stack(lambda: runpy.run_path(str(PROGRAM), run_name="__main__")))
+    if strict.violations:
+        raise StrictMockError(stack, sorted(set(strict.violations)))
+    return Recording(stack, env, monitor.registrations, strict.invokes, monitor.stack_outputs, strict.secret_values)
+
+
+def _engine_config(path: Path, stack_input: StackInput) -> tuple[dict[str, str], list[str]]:
+    """The config the Pulumi engine would hand the program: objects as JSON text, secrets marked."""
+    raw = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+    config: dict[str, str] = {}
+    for key, value in raw.items():
+        if str(key).startswith(f"{PROJECT}:"):
+            value = stack_input.values[str(key).split(":", 1)[1]]
+        config[str(key)] = value if isinstance(value, str) else json.dumps(value)
+    secret_keys = [f"{PROJECT}:{p.split('.')[0]}" for p in stack_input.secret_paths]
+    return config, sorted(set(secret_keys))
+
+
+def _config_placeholders(stack_input: StackInput) -> set[str]:
+    return {f"{SECRET_PLACEHOLDER}:{p}" for p in stack_input.secret_paths}

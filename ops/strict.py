@@ -1,0 +1,159 @@
+"""Check recorded inputs against the installed provider SDKs' input-type metadata.
+
+Plain mocks accept any key at any depth (`healthcheck={'testz': ...}` passes silently). Here every
+input of every custom resource is walked against the `@pulumi.input_type` classes the SDK ships:
+unknown keys, missing required keys and wrong scalar types fail, naming the resource and the key
+path, so a typo fails in tests instead of at a user's `pulumi preview`.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import importlib
+import typing
+from functools import cache
+from typing import Any
+
+from pulumi import _types as ptypes
+from pulumi.output import Output
+
+PACKAGES = {"docker": "pulumi_docker", "aws": "pulumi_aws", "random": "pulumi_random", "tls": "pulumi_tls",
+            "command": "pulumi_command"}
+UNRESOLVED = "<unresolved-output:"
+SECRET_SIG = "4dabf18193072939515e22adb298388d"
+
+
+@cache
+def args_class(token: str) -> type | None:
+    """`docker:index/container:Container` -> `pulumi_docker.ContainerArgs`; providers -> `ProviderArgs`."""
+    if token.startswith("pulumi:providers:"):
+        package = PACKAGES.get(token.rsplit(":", 1)[1])
+        return getattr(importlib.import_module(package), "ProviderArgs") if package else None
+    pkg, module, name = token.split(":")
+    if pkg not in PACKAGES:
+        return None
+    path = module.split("/")[0]
+    mod = importlib.import_module(PACKAGES[pkg] if path == "index" else f"{PACKAGES[pkg]}.{path.replace('-', '_')}")
+    return getattr(mod, f"{name}Args", None)
+
+
+def resource_class(token: str) -> type | None:
+    pkg, module, name = token.split(":")
+    if pkg not in PACKAGES:
+        return None
+    path = module.split("/")[0]
+    mod = importlib.import_module(PACKAGES[pkg] if path == "index" else f"{PACKAGES[pkg]}.{path.replace('-', '_')}")
+    return getattr(mod, name, None)
+
+
+def output_properties(token: str) -> dict[str, Any]:
+    cls = resource_class(token)
+    return dict(ptypes.resource_types(cls)) if cls else {}
+
+
+def check_inputs(token: str, inputs: dict[str, Any]) -> list[str]:
+    cls = args_class(token)
+    if cls is None:
+        return [f"no input-type metadata for {token}: add its package to ops/strict.py"] if ":" in token and \
+            token.split(":")[0] not in ("pulumi", "my-saas-chat") else []
+    problems: list[str] = []
+    _check_object(cls, inputs, "", problems, provider=token.startswith("pulumi:providers:"))
+    return problems
+
+
+def _unwrap_secret(value: Any) -> Any:
+    while isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
+        value = value["value"]
+    return value
+
+
+def _check_object(cls: type, value: Any, path: str, problems: list[str], provider: bool = False) -> None:
+    value = _unwrap_secret(value)
+    if not isinstance(value, dict):
+        problems.append(f"{path or '(inputs)'}: expected an object ({cls.__name__}), got {type(value).__name__}")
+        return
+    types = ptypes.input_type_types(cls)
+    for key in sorted(ptypes._required_property_names(cls)):  # noqa: SLF001 - the SDK's own metadata
+        wire = ptypes.input_type_py_to_pulumi_names(cls).get(key, key)
+        if wire not in value:
+            problems.append(f"{_join(path, wire)}: required by {cls.__name__} but missing")
+    for key, item in sorted(value.items()):
+        if provider and key in ("version", "pluginDownloadURL"):
+            continue
+        if key not in types:
+            near = ", ".join(sorted(types))
+            problems.append(f"{_join(path, key)}: unknown key for {cls.__name__} (known: {near})")
+            continue
+        _check_value(types[key], item, _join(path, key), problems, provider)
+
+
+def _check_value(hint: Any, value: Any, path: str, problems: list[str], provider: bool) -> None:
+    value = _unwrap_secret(value)
+    if value is None:
+        return
+    hint = _strip_input(hint)
+    origin = typing.get_origin(hint)
+    if isinstance(value, str) and value.startswith(UNRESOLVED):
+        return  # reported once by the scan for unresolved outputs
+    if origin in (list, collections.abc.Sequence):
+        if provider and isinstance(value, str):
+            return  # provider configuration arrives JSON-encoded
+        if not isinstance(value, list):
+            problems.append(f"{path}: expected a list, got {type(value).__name__}")
+            return
+        for i, item in enumerate(value):
+            _check_value(typing.get_args(hint)[0], item, f"{path}[{i}]", problems, provider)
+    elif origin in (dict, collections.abc.Mapping):
+        if not isinstance(value, dict):
+            problems.append(f"{path}: expected a mapping, got {type(value).__name__}")
+            return
+        for key, item in value.items():
+            _check_value(typing.get_args(hint)[1], item, f"{path}.{key}", problems, provider)
+    elif isinstance(hint, type) and ptypes.is_input_type(hint):
+        _check_object(hint, value, path, problems, provider)
+    elif hint is str and not isinstance(value, str):
+        problems.append(f"{path}: expected a string, got {type(value).__name__} {value!r}")
+    elif hint is bool and not isinstance(value, bool):
+        if not (provider and value in ("true", "false")):
+            problems.append(f"{path}: expected a boolean, got {type(value).__name__} {value!r}")
+    elif hint is int and (isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value)):
+        if not (provider and isinstance(value, str) and value.isdigit()):
+            problems.append(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+    elif hint is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        problems.append(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+
+
+def _strip_input(hint: Any) -> Any:
+    """`Input[T]` is `Union[T, Awaitable[T], Output[T]]` (plus Optional): keep T."""
+    while typing.get_origin(hint) is typing.Union:
+        members = [a for a in typing.get_args(hint) if a is not type(None)
+                   and typing.get_origin(a) is not collections.abc.Awaitable and typing.get_origin(a) is not Output
+                   and a is not Output and not (isinstance(a, type) and issubclass(a, dict) and a is not dict)]
+        members = [m for m in members if not _is_typed_dict(m)]
+        if len(members) != 1:
+            return members[0] if members else Any
+        hint = members[0]
+    return hint
+
+
+def _is_typed_dict(hint: Any) -> bool:
+    return isinstance(hint, type) and hasattr(hint, "__total__") and hasattr(hint, "__annotations__")
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def find_unresolved(value: Any, path: str = "") -> list[str]:
+    """Paths whose value came from an Output the mocks never resolved."""
+    value = _unwrap_secret(value)
+    if isinstance(value, str):
+        if UNRESOLVED in value:
+            source = value[value.index(UNRESOLVED) + len(UNRESOLVED):].split(">", 1)[0]
+            return [f"{path}: built from an Output the mocks never resolved ({source})"]
+        return []
+    if isinstance(value, dict):
+        return [p for k, v in sorted(value.items()) for p in find_unresolved(v, _join(path, k))]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in find_unresolved(v, f"{path}[{i}]")]
+    return []
