@@ -210,12 +210,6 @@ class Postgres(Strict):
     effective_cache_size: Size
     max_connections: int = Field(ge=10, le=5000)
 
-    @model_validator(mode="after")
-    def _fits(self) -> Postgres:
-        if self.shared_buffers >= self.memory:
-            raise ValueError("shared_buffers must be smaller than the container's memory")
-        return self
-
 
 class Redis(Strict):
     image: ImageRef
@@ -224,12 +218,6 @@ class Redis(Strict):
     maxmemory: Size
     maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu"]
     appendonly: bool
-
-    @model_validator(mode="after")
-    def _fits(self) -> Redis:
-        if self.maxmemory >= self.memory:
-            raise ValueError("maxmemory must leave headroom below the container's memory")
-        return self
 
 
 class RabbitMQ(Strict):

@@ -61,7 +61,7 @@ def _problems(env: Environment) -> Iterator[tuple[str, str]]:
     services = env.services
     seen_ports: dict[int, str] = {}
     seen_prefixes: dict[str, str] = {}
-    for name, svc in services.items():
+    for name, svc in sorted(services.items()):
         at = f"services.{name}"
         if svc.port in seen_ports:
             yield f"{at}.port", f"port {svc.port} is already used by {seen_ports[svc.port]}"
@@ -86,6 +86,10 @@ def _problems(env: Environment) -> Iterator[tuple[str, str]]:
     yield from _secret_problems(env)
     for var in sorted(set(env.env) & DERIVED_NAMES):
         yield f"env.{var}", "is derived by the program; remove it"
+    if env.postgres.shared_buffers >= env.postgres.memory:
+        yield "postgres.shared_buffers", "must be smaller than postgres.memory"
+    if env.redis.maxmemory >= env.redis.memory:
+        yield "redis.maxmemory", "must leave headroom below redis.memory (the container limit)"
     if env.host.kind == "ec2" and env.secrets_backend == "generated":
         yield "secrets_backend", "generated secrets are for host.kind local only; use aws-secretsmanager"
 
@@ -116,13 +120,15 @@ def _env_problems(env: Environment, name: str) -> Iterator[tuple[str, str]]:
 
 
 def _secret_problems(env: Environment) -> Iterator[tuple[str, str]]:
-    used: set[str] = set()
+    used: dict[str, list[str]] = {}
     for name, svc in env.services.items():
         for var, ref in svc.secrets.items():
-            used.add(ref.secret)
-            if env.secrets_backend == "aws-secretsmanager" and ref.secret not in env.secrets:
-                yield f"services.{name}.secrets.{var}.secret", f"secret {ref.secret!r} has no id in the stack's secrets"
-    for logical in sorted(set(env.secrets) - used):
+            used.setdefault(ref.secret, []).append(f"services.{name}.secrets.{var}")
+    if env.secrets_backend == "aws-secretsmanager":
+        for logical, refs in sorted(used.items()):
+            if logical not in env.secrets:
+                yield f"secrets.{logical}", f"no Secrets Manager id for {logical!r}, referenced by {', '.join(sorted(refs))}"
+    for logical in sorted(set(env.secrets) - set(used)):
         yield f"secrets.{logical}", "is not referenced by any service; remove it"
 
 

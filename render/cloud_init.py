@@ -42,7 +42,8 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
         # A host key made by Pulumi and pinned by the operator's ssh (StrictHostKeyChecking=yes):
         # the first connection is verified too, and a replaced instance keeps the same identity.
         "ssh_deletekeys": True,
-        "ssh_genkeytypes": [],
+        # Only ed25519, which the key above provides, so nothing is generated on boot.
+        "ssh_genkeytypes": ["ed25519"],
         "ssh_keys": {"ed25519_private": host_private_key, "ed25519_public": host_public_key},
         "ssh_pwauth": False,
         "disable_root": True,

@@ -1,0 +1,145 @@
+"""Properties of the recorded resource graph that must hold for every container, in every stack."""
+
+from __future__ import annotations
+
+from ops.mocks import Registration
+from ops.runner import Recording
+from ops.strict import SECRET_SIG
+
+CONTAINER = "docker:index/container:Container"
+STORES = {"postgres", "redis", "rabbitmq"}
+
+
+def containers(rec: Recording) -> list[Registration]:
+    found = [r for r in rec.resources.values() if r.type == CONTAINER]
+    assert len(found) == len(rec.env.services) + len(STORES)
+    return found
+
+
+def plain(value: object) -> object:
+    while isinstance(value, dict) and SECRET_SIG in value:
+        value = value["value"]
+    return value
+
+
+def test_every_container_is_hardened(rec: Recording) -> None:
+    for c in containers(rec):
+        i = c.inputs
+        uid = str(i["user"]).split(":")[0]
+        assert uid.isdigit() and int(uid) > 0, c.name
+        assert i["readOnly"] is True, c.name
+        assert i["capabilities"] == {"drops": ["ALL"]}, c.name
+        assert i["securityOpts"] == ["no-new-privileges:true"], c.name
+        assert i["memory"] > 0 and i["memorySwap"] == i["memory"] and float(i["cpus"]) > 0, c.name
+        assert i["restart"] == "unless-stopped" and i["init"] is True, c.name
+        assert i["logDriver"] == "json-file" and i["logOpts"]["max-size"], c.name
+        assert i["stopTimeout"] >= 1, c.name
+        assert i["healthcheck"]["tests"][0] in ("CMD", "CMD-SHELL"), c.name
+        labels = {lbl["label"]: lbl["value"] for lbl in i["labels"]}
+        assert labels["com.mysaaschat.stack"] == rec.stack
+        assert labels["com.mysaaschat.image-digest"].split("@")[1].startswith("sha256:")
+
+
+def test_no_container_publishes_ports(rec: Recording) -> None:
+    # Only the gateway may publish host ports, and it arrives with the gateway issue.
+    for c in containers(rec):
+        assert not c.inputs.get("ports"), c.name
+
+
+def test_data_stores_sit_only_on_the_internal_data_network(rec: Recording) -> None:
+    networks = {r.urn: r for r in rec.resources.values() if r.type == "docker:index/network:Network"}
+    by_name = {n.inputs["name"]: n for n in networks.values()}
+    for c in containers(rec):
+        attached = [by_name[n["name"]] for n in c.inputs["networksAdvanced"]]
+        if c.name in STORES:
+            assert [n.name for n in attached] == ["net-data"] and attached[0].inputs["internal"] is True
+        svc = rec.env.services.get(c.name)
+        if svc is not None:
+            assert ("net-egress" in [n.name for n in attached]) == svc.egress, c.name
+            assert ("net-data" in [n.name for n in attached]) == bool(svc.uses), c.name
+        assert all(n["aliases"] == [c.name] for n in c.inputs["networksAdvanced"])
+
+
+def test_stateful_volumes_are_protected_and_retained(rec: Recording) -> None:
+    volumes = [r for r in rec.resources.values() if r.type == "docker:index/volume:Volume" and r.name.endswith("-data")]
+    assert {v.name for v in volumes} == {f"{s}-data" for s in STORES}
+    assert all(v.protect and v.retain_on_delete for v in volumes)
+    ebs = [r for r in rec.resources.values() if r.type == "aws:ebs/volume:Volume"]
+    assert len(ebs) == (1 if rec.env.host.kind == "ec2" else 0)
+    assert all(v.protect and v.retain_on_delete and v.inputs["encrypted"] for v in ebs)
+
+
+def test_replacement_strategy(rec: Recording) -> None:
+    for c in containers(rec):
+        assert c.replace_on_changes == ["healthcheck"], c.name
+        if c.name in STORES:
+            # Never two writers on one volume: fixed name, stop first.
+            assert c.delete_before_replace and c.inputs["name"] == f"mysaaschat-{rec.stack}-{c.name}"
+        else:
+            # Start-first: no fixed name, wait for healthy, old one removed after.
+            assert not c.delete_before_replace and "name" not in c.inputs, c.name
+            assert c.inputs["wait"] is True and c.inputs["waitTimeout"] >= 10, c.name
+
+
+def test_every_docker_resource_uses_the_hosts_provider_after_the_engine_answers(rec: Recording) -> None:
+    providers = [r for r in rec.resources.values() if r.type == "pulumi:providers:docker"]
+    assert [p.name for p in providers] == ["host-docker"]
+    wait = [r.urn for r in rec.resources.values() if r.type == "command:remote:Command"]
+    for r in rec.resources.values():
+        if r.type.startswith("docker:"):
+            assert r.provider == providers[0].urn, r.name
+            if rec.env.host.kind == "ec2":
+                assert _reaches(rec, r.urn, wait[0]), f"{r.name} can start before the engine answers"
+
+
+def _reaches(rec: Recording, start: str, target: str) -> bool:
+    todo, seen = [start], set()
+    while todo:
+        urn = todo.pop()
+        if urn == target:
+            return True
+        if urn not in seen and urn in rec.resources:
+            seen.add(urn)
+            todo.extend(rec.resources[urn].dependencies)
+    return False
+
+
+def test_services_wait_only_for_what_the_model_says(rec: Recording) -> None:
+    by_urn = rec.resources
+    for c in containers(rec):
+        svc = rec.env.services.get(c.name)
+        if svc is None:
+            continue
+        deps = {by_urn[d].name for d in c.dependencies if by_urn[d].type == CONTAINER}
+        assert deps == set(svc.uses) | set(svc.depends_on), c.name
+
+
+def test_no_secret_in_a_container_command_line(rec: Recording) -> None:
+    secrets = {v for v in rec.secret_values if len(v) >= 8}
+    for c in containers(rec):
+        visible = " ".join(str(x) for x in (plain(c.inputs.get("command")) or [])) + str(c.inputs["healthcheck"])
+        assert not any(s in visible for s in secrets), c.name
+        if c.name in STORES:
+            assert not any(s in str(plain(c.inputs.get("envs"))) for s in secrets), c.name
+
+
+def test_ec2_host(rec: Recording) -> None:
+    aws = [r for r in rec.resources.values() if r.type.startswith("aws:")]
+    if rec.env.host.kind == "local":
+        assert aws == [] and not any(i.token.startswith("aws:") for i in rec.invokes)
+        return
+    instance = next(r for r in aws if r.type == "aws:ec2/instance:Instance")
+    assert instance.inputs["metadataOptions"]["httpTokens"] == "required"
+    assert instance.inputs["rootBlockDevice"]["encrypted"] is True
+    assert {"ami", "userData"} <= set(instance.ignore_changes)
+    group = next(r for r in aws if r.type == "aws:ec2/securityGroup:SecurityGroup")
+    rules = {int(g["fromPort"]): g["cidrBlocks"] for g in group.inputs["ingress"]}
+    assert rules[80] == rules[443] == ["0.0.0.0/0"]
+    assert rules[22] == rec.env.host.admin_cidrs
+
+
+def test_host_wave_depth_fits_the_target() -> None:
+    from bench.waves import waves
+    from tests.conftest import recording
+
+    assert len(waves(recording("prod"))) <= 7

@@ -1,0 +1,79 @@
+"""Golden synth output of every stack, so an infrastructure change shows as a reviewable diff.
+
+Refresh after an intended change:  python -m ops synth --all --out tests/snapshots
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ops import synth
+from tests.conftest import ROOT, recording
+
+SNAPSHOTS = ROOT / "tests" / "snapshots"
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging", "local"])
+def test_synth_matches_the_committed_snapshot(tmp_path: Path, stack: str) -> None:
+    synth.write(recording(stack), tmp_path / stack)
+    diff = filecmp.dircmp(tmp_path / stack, SNAPSHOTS / stack)
+    problems: list[str] = []
+
+    def walk(d: filecmp.dircmp, prefix: str) -> None:
+        problems.extend(f"{prefix}{n}: differs" for n in d.diff_files)
+        problems.extend(f"{prefix}{n}: only in new synth" for n in d.left_only)
+        problems.extend(f"{prefix}{n}: only in snapshot" for n in d.right_only)
+        for name, sub in d.subdirs.items():
+            walk(sub, f"{prefix}{name}/")
+
+    walk(diff, "")
+    assert not problems, "snapshot out of date (python -m ops synth --all --out tests/snapshots):\n" + "\n".join(problems)
+
+
+def test_no_secret_reaches_synth_output(tmp_path: Path) -> None:
+    rec = recording("prod")
+    synth.write(rec, tmp_path / "prod")
+    text = "".join(p.read_text() for p in (tmp_path / "prod").rglob("*") if p.is_file())
+    leaked = [v for v in rec.secret_values if len(v) >= 8 and v in text]
+    assert not leaked
+    assert "[secret]" in text
+
+
+def test_cli_synth_is_byte_identical_and_honours_the_secrets_file(tmp_path: Path) -> None:
+    secrets = {sid: json.dumps({"jwt_secret": "j" * 40, "jwt_refresh_secret": "r" * 40, "encryption_key": "e" * 32,
+                                "secret_key": "sk_live_abcdefgh", "webhook_secret": "whsec_abcdefgh",
+                                "api_key": "sk-openai-abcdefgh", "dsn": "https://k@sentry.example/1",
+                                "url": "smtp://user:pass@smtp.example:587"})
+               for sid in recording("staging").env.secrets.values()}
+    (tmp_path / "s.json").write_text(json.dumps(secrets))
+    cmd = [sys.executable, "-m", "ops", "synth", "staging", "--secrets-file", str(tmp_path / "s.json"), "--out"]
+    for out in ("a", "b"):
+        subprocess.run([*cmd, str(tmp_path / out)], cwd=ROOT, check=True, capture_output=True)
+    assert not filecmp.dircmp(tmp_path / "a", tmp_path / "b").diff_files
+    text = (tmp_path / "a" / "resources.json").read_text()
+    assert "sk_live_abcdefgh" not in text and "STRIPE_SECRET_KEY=[secret]" in text
+
+
+def test_cli_refuses_invalid_config_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
+    stack = ROOT / "Pulumi.broken-test.yaml"
+    stack.write_text((ROOT / "Pulumi.staging.yaml").read_text().replace("t3.large", "huge"))
+    try:
+        result = subprocess.run([sys.executable, "-m", "ops", "synth", "broken-test", "--out", str(tmp_path / "o")],
+                                cwd=ROOT, capture_output=True, text=True)
+    finally:
+        stack.unlink()
+    assert result.returncode == 2
+    assert "Pulumi.broken-test.yaml: host.instance_type" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_docs_are_generated_from_the_models() -> None:
+    from ops import docs
+
+    assert docs.PATH.read_text() == docs.render(), "stale: python -m ops docs"

@@ -1,0 +1,61 @@
+"""The strict mocks must catch what plain mocks let through."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pulumi_docker as docker
+import pytest
+from pulumi.runtime import mocks, settings
+from pulumi.runtime.stack import run_in_stack
+from pulumi.runtime.sync_await import _sync_await
+
+from ops.mocks import StrictMocks, StrictMonitor
+from ops.strict import check_inputs
+
+
+def run(program: Any) -> StrictMocks:
+    strict = StrictMocks("test", "eu-west-1", {})
+    mocks.set_mocks(strict, project="my-saas-chat", stack="test", preview=False, monitor=StrictMonitor(strict))
+    settings.set_root_resource(None)
+    _sync_await(run_in_stack(program))
+    return strict
+
+
+def test_misspelled_nested_key_fails() -> None:
+    def program() -> None:
+        provider = docker.Provider("p", host="unix:///var/run/docker.sock")
+        docker.Container("c", image="sha256:abc", healthcheck={"testz": ["CMD", "true"]},  # type: ignore[arg-type]
+                         opts=pulumi.ResourceOptions(provider=provider))
+    violations = run(program).violations
+    assert any("'c'" in v and "healthcheck.testz: unknown key" in v for v in violations), violations
+
+
+def test_unresolved_output_fails() -> None:
+    def program() -> None:
+        provider = docker.Provider("p", host="unix:///var/run/docker.sock")
+        image = docker.RemoteImage("i", name="nginx:1.27.2", opts=pulumi.ResourceOptions(provider=provider))
+        # `platform` is an output the mocks never answer: plain mocks would drop this input silently.
+        docker.Container("c", image=image.image_id, envs=[image.platform.apply(lambda p: f"PLATFORM={p}")],
+                         opts=pulumi.ResourceOptions(provider=provider))
+    violations = run(program).violations
+    assert any("'c'" in v and "envs[0]" in v and "RemoteImage.platform" in v for v in violations), violations
+
+
+@pytest.mark.parametrize(("inputs", "expected"), [
+    ({"image": 3}, "image: expected a string"),
+    ({"image": "x", "memory": "512"}, "memory: expected an integer"),
+    ({"image": "x", "readOnly": "yes"}, "readOnly: expected a boolean"),
+    ({"image": "x", "uploads": [{"file": "/a", "contnet": "b"}]}, "uploads[0].contnet: unknown key"),
+    ({"image": "x", "labels": {"a": "b"}}, "labels: expected a list"),
+    ({}, "image: required"),
+])
+def test_scalar_and_shape_checks(inputs: dict[str, Any], expected: str) -> None:
+    problems = check_inputs("docker:index/container:Container", inputs)
+    assert any(expected in p for p in problems), problems
+
+
+def test_valid_inputs_pass() -> None:
+    assert check_inputs("docker:index/container:Container",
+                        {"image": "x", "memory": 512.0, "healthcheck": {"tests": ["CMD", "true"], "retries": 3.0}}) == []
