@@ -24,7 +24,7 @@ stores = {
 
 services: dict[str, AppService] = {}
 for name in env.service_order():
-    after = [services[dep].container for dep in env.services[name].depends_on]
+    after: list[pulumi.Resource] = [services[dep].container for dep in env.services[name].depends_on]
     services[name] = AppService(name, AppServiceArgs(env=env, host=host, networks=networks, secrets=secrets,
                                                      stores=stores, after=after))
 

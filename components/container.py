@@ -8,6 +8,7 @@ tests check every recorded container against the same rules.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -126,9 +127,10 @@ def node_http_healthcheck(path: str) -> list[str]:
 
     It exits 0 only on a 200 from the service's own port, read from $PORT (always derived).
     """
+    target = json.dumps(path)
     script = (
-        "const r=require('http').get({host:'127.0.0.1',port:process.env.PORT,path:%r,timeout:2500},"
+        f"const r=require('http').get({{host:'127.0.0.1',port:process.env.PORT,path:{target},timeout:2500}},"
         "s=>{s.resume();process.exit(s.statusCode===200?0:1)});"
         "r.on('timeout',()=>{r.destroy();process.exit(1)});r.on('error',()=>process.exit(1))"
-    ) % path
+    )
     return ["CMD", "node", "-e", script]

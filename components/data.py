@@ -8,6 +8,7 @@ the read-only root filesystem refuses uploads anywhere else.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import quote
@@ -115,7 +116,7 @@ class DataStore(pulumi.ComponentResource):
         secrets = docker.Volume(f"{kind}-secrets", name=f"mysaaschat-{env.stack}-{kind}-secrets", opts=docker_opts)
         files = self.password.apply(recipe.files)
         uploads: Sequence[Upload] = [
-            Upload(path=path, owner=recipe.user, content=pulumi.Output.secret(files.apply(lambda f, p=path: f[p])))
+            Upload(path=path, owner=recipe.user, content=pulumi.Output.secret(files.apply(operator.itemgetter(path))))
             for path in sorted(recipe.files("x"))
         ]
         self.container = hardened_container(

@@ -95,12 +95,13 @@ class Host(pulumi.ComponentResource):
                     lambda ids: host_policy(env, account=ids[0], region=ids[1])))],
             opts=self._child())
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=self._child())
-        user_data = pulumi.Output.all(data.id, host_key.private_key_openssh, host_key.public_key_openssh).apply(
+        user_data: pulumi.Output[str] = pulumi.Output.all(data.id, host_key.private_key_openssh, host_key.public_key_openssh).apply(
             lambda v: render_user_data(data_volume_id=v[0], host_private_key=v[1], host_public_key=v[2].strip(),
                                        admin_user=host.ssh_user, admin_public_key=host.ssh_public_key or ""))
         instance = aws.ec2.Instance(
             f"{name}-instance", ami=ami.id, instance_type=host.instance_type, availability_zone=host.availability_zone,
-            iam_instance_profile=profile.name, key_name=key_pair.key_name, user_data=pulumi.Output.secret(user_data),
+            iam_instance_profile=profile.name, key_name=key_pair.key_name,
+            user_data=user_data,  # a secret: it carries the host's private key
             primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(network_interface_id=nic.id),
             metadata_options=aws.ec2.InstanceMetadataOptionsArgs(
                 http_tokens="required", http_endpoint="enabled",

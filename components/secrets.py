@@ -7,6 +7,7 @@ random value stands in, so a laptop needs no AWS account.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 
@@ -29,12 +30,18 @@ class SecretStore(pulumi.ComponentResource):
         self._name, self._env = name, args.env
         self._documents: dict[str, pulumi.Output[dict[str, str]]] = {}
         self._generated: dict[tuple[str, str], pulumi.Output[str]] = {}
+        self._values: dict[tuple[str, str], pulumi.Output[str]] = {}
         refs = sorted({(ref.secret, ref.key) for svc in args.env.services.values() for ref in svc.secrets.values()})
         for secret, key in refs:
             self.value(SecretRef(secret=secret, key=key))
         self.register_outputs({"secrets": sorted({s for s, _ in refs})})
 
     def value(self, ref: SecretRef) -> pulumi.Output[str]:
+        if (ref.secret, ref.key) not in self._values:
+            self._values[(ref.secret, ref.key)] = self._lookup(ref)
+        return self._values[(ref.secret, ref.key)]
+
+    def _lookup(self, ref: SecretRef) -> pulumi.Output[str]:
         if self._env.secrets_backend == "generated":
             if (ref.secret, ref.key) not in self._generated:
                 password = random.RandomPassword(f"{self._name}-{ref.secret}-{ref.key}", length=40, special=False,
@@ -45,8 +52,9 @@ class SecretStore(pulumi.ComponentResource):
         if ref.secret not in self._documents:
             version = aws.secretsmanager.get_secret_version_output(
                 secret_id=secret_id, opts=pulumi.InvokeOutputOptions(parent=self))
-            self._documents[ref.secret] = version.secret_string.apply(lambda text, sid=secret_id: _document(sid, text))
-        return pulumi.Output.secret(self._documents[ref.secret].apply(lambda doc, sid=secret_id: _key(sid, doc, ref.key)))
+            self._documents[ref.secret] = version.secret_string.apply(functools.partial(_document, secret_id))
+        value = self._documents[ref.secret].apply(functools.partial(_key, secret_id, key=ref.key))
+        return pulumi.Output.secret(value)
 
 
 def _document(secret_id: str, text: str) -> dict[str, str]:

@@ -12,7 +12,8 @@ import typer
 from config import ConfigError
 from ops import docs as docs_module
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True, help="My SaaS Chat infrastructure operator tools.")
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True,
+                  help="My SaaS Chat infrastructure operator tools.")
 
 
 @app.command()
@@ -24,7 +25,8 @@ def synth(
         "--secrets-file", help="JSON {secret-id: value} standing in for Secrets Manager.")] = None,
 ) -> None:
     """Write the stack's whole desired state offline: resources.json, files/, summary.md, graph.mmd."""
-    from ops import runner, synth as writer
+    from ops import runner
+    from ops import synth as writer
 
     if all_stacks == (stack is not None):
         raise typer.BadParameter("name one STACK or pass --all")

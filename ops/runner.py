@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import runpy
@@ -11,9 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pulumi.log as pulumi_log
+import pulumi.runtime.resource as resource_runtime
 import yaml
 from pulumi.runtime import config as runtime_config
 from pulumi.runtime import mocks, settings
+from pulumi.runtime.proto import source_pb2
 from pulumi.runtime.stack import run_in_stack
 from pulumi.runtime.sync_await import _sync_await
 
@@ -65,6 +69,27 @@ def region_of(path: Path) -> str:
 
 
 @contextmanager
+def _lean_runtime() -> Iterator[None]:
+    """SDK work that only feeds the Pulumi CLI's display, switched off while synth runs.
+
+    Source positions (a stack walk per resource) and debug log records cost a third of a
+    1000-service run. The garbage collector's passes over ~10^6 live Output objects grow with the
+    heap (measured: 1.7 s of 11 s at 1000 services, nothing at 100); a run is short and bounded,
+    so collection waits until it ends. Nothing recorded depends on any of this; all is restored.
+    """
+    saved = (resource_runtime._get_stack_trace, pulumi_log.debug, gc.isenabled())
+    resource_runtime._get_stack_trace = source_pb2.StackTrace  # an empty trace
+    pulumi_log.debug = lambda *args, **kwargs: None
+    gc.disable()
+    try:
+        yield
+    finally:
+        resource_runtime._get_stack_trace, pulumi_log.debug = saved[0], saved[1]
+        if saved[2]:
+            gc.enable()
+
+
+@contextmanager
 def _catalog(catalog: Path | None) -> Iterator[Path]:
     previous = os.environ.get(CATALOG_ENV)
     if catalog is not None:
@@ -91,12 +116,17 @@ def run_stack(stack: str, *, secrets: Mapping[str, Any] | None = None, catalog: 
         strict.secret_values.update(_config_placeholders(stack_input))
         monitor = StrictMonitor(strict)
         mocks.set_mocks(strict, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-        settings.set_root_resource(None)
+        settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack makes the root stack
         runtime_config.set_all_config(*_engine_config(path, stack_input))
-        _sync_await(run_in_stack(lambda: runpy.run_path(str(PROGRAM), run_name="__main__")))
+        with _lean_runtime():
+            _sync_await(run_in_stack(_program))
     if strict.violations:
         raise StrictMockError(stack, sorted(set(strict.violations)))
     return Recording(stack, env, monitor.registrations, strict.invokes, monitor.stack_outputs, strict.secret_values)
+
+
+def _program() -> None:
+    runpy.run_path(str(PROGRAM), run_name="__main__")
 
 
 def _engine_config(path: Path, stack_input: StackInput) -> tuple[dict[str, str], list[str]]:

@@ -28,7 +28,7 @@ def args_class(token: str) -> type | None:
     """`docker:index/container:Container` -> `pulumi_docker.ContainerArgs`; providers -> `ProviderArgs`."""
     if token.startswith("pulumi:providers:"):
         package = PACKAGES.get(token.rsplit(":", 1)[1])
-        return getattr(importlib.import_module(package), "ProviderArgs") if package else None
+        return importlib.import_module(package).ProviderArgs if package else None
     pkg, module, name = token.split(":")
     if pkg not in PACKAGES:
         return None
@@ -46,6 +46,7 @@ def resource_class(token: str) -> type | None:
     return getattr(mod, name, None)
 
 
+@cache
 def output_properties(token: str) -> dict[str, Any]:
     cls = resource_class(token)
     return dict(ptypes.resource_types(cls)) if cls else {}
@@ -72,9 +73,8 @@ def _check_object(cls: type, value: Any, path: str, problems: list[str], provide
     if not isinstance(value, dict):
         problems.append(f"{path or '(inputs)'}: expected an object ({cls.__name__}), got {type(value).__name__}")
         return
-    types = ptypes.input_type_types(cls)
-    for key in sorted(ptypes._required_property_names(cls)):  # noqa: SLF001 - the SDK's own metadata
-        wire = ptypes.input_type_py_to_pulumi_names(cls).get(key, key)
+    types, required = _metadata(cls)
+    for wire in required:
         if wire not in value:
             problems.append(f"{_join(path, wire)}: required by {cls.__name__} but missing")
     for key, item in sorted(value.items()):
@@ -85,6 +85,13 @@ def _check_object(cls: type, value: Any, path: str, problems: list[str], provide
             problems.append(f"{_join(path, key)}: unknown key for {cls.__name__} (known: {near})")
             continue
         _check_value(types[key], item, _join(path, key), problems, provider)
+
+
+@cache
+def _metadata(cls: type) -> tuple[dict[str, Any], list[str]]:
+    names = ptypes.input_type_py_to_pulumi_names(cls)
+    required = sorted(names.get(k, k) for k in ptypes._required_property_names(cls))
+    return dict(ptypes.input_type_types(cls)), required
 
 
 def _check_value(hint: Any, value: Any, path: str, problems: list[str], provider: bool) -> None:

@@ -9,6 +9,7 @@ graph.mmd       Mermaid diagram of components and their dependencies
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -26,15 +27,15 @@ class Redactor:
     def __init__(self, secret_values: set[str]) -> None:
         # A multi-line secret (a private key) is re-indented inside YAML: match its lines too.
         lines = {line.strip() for v in secret_values for line in v.splitlines()[1:-1] if len(line.strip()) >= 16}
-        # Longest first, so a value that contains another is replaced whole.
-        self.values = sorted((v for v in secret_values | lines if len(v) >= 4), key=len, reverse=True)
+        # Longest first, so a value that contains another is replaced whole; one pass per string.
+        values = sorted((v for v in secret_values | lines if len(v) >= 4), key=len, reverse=True)
+        self.pattern = re.compile("|".join(map(re.escape, values))) if values else None
 
     def text(self, value: str) -> tuple[str, bool]:
-        hit = False
-        for secret in self.values:
-            if secret in value:
-                value, hit = value.replace(secret, REDACTED), True
-        return value, hit
+        if self.pattern is None:
+            return value, False
+        redacted, hits = self.pattern.subn(REDACTED, value)
+        return redacted, hits > 0
 
     def tree(self, value: Any, in_secret: bool = False) -> Any:
         if isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
@@ -98,19 +99,19 @@ def _volume_path(container_path: str, mounts: dict[str, str]) -> str:
     raise ValueError(f"upload {container_path} is not inside a volume: the read-only root filesystem refuses it")
 
 
-def _children(rec: Recording, parent: str) -> list[Registration]:
-    return sorted((r for r in rec.resources.values() if r.parent == parent), key=lambda r: r.urn)
-
-
 def summary(rec: Recording) -> str:
     env = rec.env
     lines = [f"# Stack `{rec.stack}`", "", f"- domain: `{env.domain}`", f"- host: `{env.host.kind}`"
-             + (f" ({env.host.instance_type}, data volume {env.host.data_volume // 1024**3} GiB)" if env.host.kind == "ec2" else ""),
+             + (f" ({env.host.instance_type}, data volume {(env.host.data_volume or 0) // 1024**3} GiB)"
+                if env.host.kind == "ec2" else ""),
              f"- resources: {len(rec.resources)} ({sum(r.custom for r in rec.resources.values())} custom)", ""]
+    children: dict[str, list[Registration]] = {}
+    for reg in sorted(rec.resources.values(), key=lambda r: r.urn):
+        children.setdefault(reg.parent, []).append(reg)
     for comp in sorted((r for r in rec.resources.values() if not r.custom), key=lambda r: (r.type, r.name)):
         lines.append(f"## {comp.name} (`{comp.type}`)")
         lines.append("")
-        for child in _children(rec, comp.urn):
+        for child in children.get(comp.urn, []):
             lines.append(f"- `{child.type.split(':')[-1]}` {child.name}" + _detail(rec, child))
         svc = env.services.get(comp.name) if comp.type.endswith(":AppService") else None
         if svc is not None:

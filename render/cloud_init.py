@@ -27,9 +27,22 @@ dev=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume}
 i=0; until [ -e "$dev" ]; do i=$((i+1)); [ "$i" -lt 300 ] || exit 1; sleep 2; done
 [ -n "$(blkid -o value -s TYPE "$dev" || true)" ] || mkfs.ext4 -q -L {label} "$dev"
 mkdir -p {mount}
-grep -q 'LABEL={label}' /etc/fstab || echo 'LABEL={label} {mount} ext4 defaults,nofail,x-systemd.device-timeout=10min 0 2' >> /etc/fstab
+line='LABEL={label} {mount} ext4 defaults,nofail,x-systemd.device-timeout=10min 0 2'
+grep -q 'LABEL={label}' /etc/fstab || echo "$line" >> /etc/fstab
 mountpoint -q {mount} || mount {mount}
 """
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so the scripts in user data read as scripts."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
 
 
 def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_key: str, admin_user: str,
@@ -76,4 +89,4 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
             ["systemctl", "enable", "--now", "unattended-upgrades"],
         ],
     }
-    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
+    return "#cloud-config\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000)

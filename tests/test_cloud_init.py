@@ -34,3 +34,10 @@ def test_mount_runs_before_docker_is_installed() -> None:
     assert "mkfs.ext4" in script and 'blkid -o value -s TYPE' in script
     daemon = next(f for f in doc["write_files"] if f["path"] == "/etc/docker/daemon.json")
     assert '"live-restore": true' in daemon["content"]
+
+
+def test_boot_script_is_valid_shell() -> None:
+    doc = yaml.safe_load(render_user_data(data_volume_id="vol-1", admin_user="a", host_private_key="k",
+                                          host_public_key="p", admin_public_key="o"))
+    result = subprocess.run(["sh", "-n", "-c", doc["bootcmd"][0][2]], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr

@@ -18,7 +18,7 @@ from ops.strict import check_inputs
 def run(program: Any) -> StrictMocks:
     strict = StrictMocks("test", "eu-west-1", {})
     mocks.set_mocks(strict, project="my-saas-chat", stack="test", preview=False, monitor=StrictMonitor(strict))
-    settings.set_root_resource(None)
+    settings.set_root_resource(None)  # type: ignore[arg-type]
     _sync_await(run_in_stack(program))
     return strict
 
@@ -26,7 +26,7 @@ def run(program: Any) -> StrictMocks:
 def test_misspelled_nested_key_fails() -> None:
     def program() -> None:
         provider = docker.Provider("p", host="unix:///var/run/docker.sock")
-        docker.Container("c", image="sha256:abc", healthcheck={"testz": ["CMD", "true"]},  # type: ignore[arg-type]
+        docker.Container("c", image="sha256:abc", healthcheck={"testz": ["CMD", "true"]},  # type: ignore[call-overload]
                          opts=pulumi.ResourceOptions(provider=provider))
     violations = run(program).violations
     assert any("'c'" in v and "healthcheck.testz: unknown key" in v for v in violations), violations

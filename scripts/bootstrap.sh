@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up a machine for this project: a ./venv with the pinned requirements and, with
+# --test-tools, the real tools the tests judge our output with (Debian packages).
+#   ./scripts/bootstrap.sh               # enough for `python -m ops synth` and `pulumi up`
+#   ./scripts/bootstrap.sh --test-tools  # plus PostgreSQL, Redis, RabbitMQ, cloud-init, Node
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "--test-tools" ]]; then
+  sudo=""; [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  packages=(postgresql redis-server rabbitmq-server cloud-init)
+  command -v node >/dev/null || packages+=(nodejs)
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q
+  # Services installed here are started by the tests themselves, on free loopback ports.
+  $sudo apt-get install -y -q --no-install-recommends "${packages[@]}"
+  requirements=requirements-dev.txt
+else
+  requirements=requirements.txt
+fi
+
+[[ -x venv/bin/python ]] || python3 -m venv venv
+venv/bin/pip install -q --disable-pip-version-check -r "$requirements"

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Everything CI checks, in the order that fails fastest: lint, types, generated docs, tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv/bin/ruff check .
+venv/bin/mypy .
+venv/bin/python -m ops docs --check
+venv/bin/python -m pytest -n 2 -q "$@"
