@@ -87,6 +87,8 @@ def rabbitmq_recipe(env: Environment) -> Recipe:
 # First start of an empty Postgres runs initdb before listening: give it a minute.
 STORE_HEALTH: dict[str, str | int] = {"interval": "10s", "timeout": "5s", "retries": 5, "start_period": "60s"}
 
+TOKENS = {"postgres": "my-saas-chat:data:Postgres", "redis": "my-saas-chat:data:Redis",
+          "rabbitmq": "my-saas-chat:data:RabbitMQ"}
 RECIPES = {"postgres": postgres_recipe, "redis": redis_recipe, "rabbitmq": rabbitmq_recipe}
 
 
@@ -101,7 +103,7 @@ class DataStore(pulumi.ComponentResource):
     container: docker.Container
 
     def __init__(self, kind: str, args: DataStoreArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__(f"my-saas-chat:data:{kind.capitalize()}", kind, None, opts)
+        super().__init__(TOKENS[kind], kind, None, opts)
         env, recipe = args.env, RECIPES[kind](args.env)
         self._recipe = recipe
         docker_opts = args.host.docker_opts(self)

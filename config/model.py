@@ -200,32 +200,32 @@ class Gateway(Strict):
     rate_limits: dict[str, RateLimit] = Field(description="Named nginx limit_req zones (per client address).")
 
 
-class Postgres(Strict):
-    image: ImageRef
-    database: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
-    user: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
-    cpu: float = Field(gt=0, le=16)
-    memory: Size
-    shared_buffers: Size
+_IDENT = r"^[a-z_][a-z0-9_]*$"
+
+
+class DataStoreBase(Strict):
+    image: ImageRef = Field(description="Pinned image (tag or digest) of the store.")
+    cpu: float = Field(gt=0, le=16, description="CPU limit in cores.")
+    memory: Size = Field(description="Container memory limit.")
+
+
+class Postgres(DataStoreBase):
+    database: str = Field(pattern=_IDENT)
+    user: str = Field(pattern=_IDENT)
+    shared_buffers: Size = Field(description="Must stay below `memory`.")
     effective_cache_size: Size
     max_connections: int = Field(ge=10, le=5000)
 
 
-class Redis(Strict):
-    image: ImageRef
-    cpu: float = Field(gt=0, le=16)
-    memory: Size
-    maxmemory: Size
+class Redis(DataStoreBase):
+    maxmemory: Size = Field(description="Must leave headroom below `memory`.")
     maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu"]
-    appendonly: bool
+    appendonly: bool = Field(description="Append-only file persistence.")
 
 
-class RabbitMQ(Strict):
-    image: ImageRef
-    user: str = Field(pattern=r"^[a-z_][a-z0-9_]*$")
+class RabbitMQ(DataStoreBase):
+    user: str = Field(pattern=_IDENT)
     vhost: str = Field(pattern=r"^[a-z_][a-z0-9_-]*$")
-    cpu: float = Field(gt=0, le=16)
-    memory: Size
 
 
 class Environment(Strict):

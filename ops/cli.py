@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -73,6 +72,3 @@ def docs(check: Annotated[bool, typer.Option("--check", help="Fail if the file i
     docs_module.PATH.write_text(text)
     typer.echo(f"wrote {docs_module.PATH}")
 
-
-def main() -> None:
-    sys.exit(app())

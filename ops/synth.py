@@ -37,15 +37,15 @@ class Redactor:
         redacted, hits = self.pattern.subn(REDACTED, value)
         return redacted, hits > 0
 
-    def tree(self, value: Any, in_secret: bool = False) -> Any:
+    def tree(self, value: Any) -> Any:
         if isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
-            inner = self.tree(value["value"], True)
+            inner = self.tree(value["value"])
             # A secret that contained no known secret value is hidden whole: fail closed.
             return inner if inner != value["value"] else REDACTED
         if isinstance(value, dict):
-            return {k: self.tree(v, in_secret) for k, v in sorted(value.items())}
+            return {k: self.tree(v) for k, v in sorted(value.items())}
         if isinstance(value, list):
-            return [self.tree(v, in_secret) for v in value]
+            return [self.tree(v) for v in value]
         if isinstance(value, str):
             return self.text(value)[0]
         if isinstance(value, float) and value.is_integer():
@@ -116,9 +116,12 @@ def summary(rec: Recording) -> str:
         svc = env.services.get(comp.name) if comp.type.endswith(":AppService") else None
         if svc is not None:
             routes = ", ".join(f"`{r.prefix}` ({r.kind})" for r in svc.routes) or "none (worker)"
-            lines += [f"- image: `{svc.image.reference}`", f"- port: {svc.port}; routes: {routes}",
+            lines += [f"- port: {svc.port}; routes: {routes}",
                       f"- limits: {svc.cpu:g} CPU, {svc.memory // 1024**2} MiB; uses: {', '.join(svc.uses) or 'nothing'}",
                       f"- secrets: {', '.join(sorted(svc.secrets)) or 'none'}"]
+        if comp.type.endswith(":SecretStore"):
+            reads = sorted({i.args.get("secretId", "") for i in rec.invokes if i.token.endswith(":getSecretVersion")})
+            lines.append(f"- reads from Secrets Manager: {', '.join(f'`{r}`' for r in reads) or 'nothing (generated)'}")
         lines.append("")
     return "\n".join(lines)
 
@@ -152,6 +155,10 @@ def graph(rec: Recording) -> str:
     for comp in sorted(components.values(), key=lambda r: r.name):
         lines.append(f'  {_id(comp.name)}["{comp.name}<br/><small>{comp.type.split(":", 1)[1]}</small>"]')
     lines += [f"  {_id(a)} --> {_id(b)}" for a, b in sorted(edges)]
+    # Secrets read from Secrets Manager are invokes, not resources: draw those reads from the model.
+    store = next((c.name for c in components.values() if c.type.endswith(":SecretStore")), None)
+    reads = sorted(n for n, svc in rec.env.services.items() if svc.secrets and (store, n) not in edges)
+    lines += [f"  {_id(store)} -. reads .-> {_id(n)}" for n in reads if store]
     return "\n".join(lines) + "\n"
 
 

@@ -41,3 +41,14 @@ def test_boot_script_is_valid_shell() -> None:
                                           host_public_key="p", admin_public_key="o"))
     result = subprocess.run(["sh", "-n", "-c", doc["bootcmd"][0][2]], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_synthesized_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
+    """The exact (redacted) user data synth writes for prod and staging."""
+    from tests.conftest import ROOT
+
+    tool = require_tool("cloud-init")
+    for stack in ("prod", "staging"):
+        path = ROOT / "tests" / "snapshots" / stack / "files" / "var" / "lib" / "cloud" / "instance" / "user-data.txt"
+        result = subprocess.run([tool, "schema", "--config-file", str(path)], capture_output=True, text=True)
+        assert result.returncode == 0, f"{stack}: {result.stdout}{result.stderr}"

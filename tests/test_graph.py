@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from ops.mocks import Registration
 from ops.runner import Recording
 from ops.strict import SECRET_SIG
@@ -16,7 +19,7 @@ def containers(rec: Recording) -> list[Registration]:
     return found
 
 
-def plain(value: object) -> object:
+def plain(value: Any) -> Any:
     while isinstance(value, dict) and SECRET_SIG in value:
         value = value["value"]
     return value
@@ -143,3 +146,46 @@ def test_host_wave_depth_fits_the_target() -> None:
     from tests.conftest import recording
 
     assert len(waves(recording("prod"))) <= 7
+
+
+def test_host_role_is_least_privilege() -> None:
+    import json
+
+    from tests.conftest import recording
+
+    rec = recording("prod")
+    role = next(r for r in rec.resources.values() if r.type == "aws:iam/role:Role")
+    assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
+    [inline] = role.inputs["inlinePolicies"]
+    statements = json.loads(inline["policy"])["Statement"]
+    by_action = {tuple(s["Action"]): s["Resource"] for s in statements}
+    assert set(by_action) == {("secretsmanager:GetSecretValue",), ("s3:PutObject",)}
+    assert by_action[("s3:PutObject",)] == ["arn:aws:s3:::mysaaschat-backups/prod/*"]
+    secret_arns = by_action[("secretsmanager:GetSecretValue",)]
+    assert len(secret_arns) == len(rec.env.secrets)
+    assert all(":secret:prod/my-saas-chat/" in arn and "*" not in arn.split(":secret:")[1].rstrip("?-") for arn in secret_arns)
+    assert not role.inputs.get("managedPolicyArns")
+
+
+def test_default_docker_provider_is_disabled() -> None:
+    import yaml
+
+    from tests.conftest import ROOT
+
+    project = yaml.safe_load((ROOT / "Pulumi.yaml").read_text())
+    assert "docker" in project["config"]["pulumi:disable-default-providers"]["value"]
+
+
+def test_ssh_to_the_host_pins_its_key(rec: Recording) -> None:
+    provider = next(r for r in rec.resources.values() if r.type == "pulumi:providers:docker")
+    if rec.env.host.kind == "local":
+        assert provider.inputs["host"] == "unix:///var/run/docker.sock"
+        return
+    opts = plain(provider.inputs["sshOpts"])
+    opts = json.loads(opts) if isinstance(opts, str) else opts
+    assert "StrictHostKeyChecking=yes" in opts and "StrictHostKeyChecking=no" not in " ".join(opts)
+    known = next(o for o in opts if o.startswith("KnownHostsCommand="))
+    wait = next(r for r in rec.resources.values() if r.type == "command:remote:Command")
+    pinned = plain(wait.inputs["connection"])["hostKey"]
+    # Both connections verify the one key Pulumi generated for the host.
+    assert pinned.startswith("ssh-ed25519 ") and known == f"KnownHostsCommand=/bin/echo %H {pinned}"

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from ops import synth
+from ops.runner import Recording
 from tests.conftest import ROOT, recording
 
 SNAPSHOTS = ROOT / "tests" / "snapshots"
@@ -77,3 +78,43 @@ def test_docs_are_generated_from_the_models() -> None:
     from ops import docs
 
     assert docs.PATH.read_text() == docs.render(), "stale: python -m ops docs"
+
+
+def test_secure_config_values_become_redacted_placeholders(tmp_path: Path) -> None:
+    import yaml
+
+    from ops.runner import run_stack
+
+    doc = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    doc["config"]["my-saas-chat:host"]["ssh_private_key"] = {"secure": "v1:c2VjcmV0IHRoYXQgY2Fubm90IGJlIGRlY3J5cHRlZA=="}
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    rec = run_stack("prod", path=path)
+    wait = next(r for r in rec.resources.values() if r.type == "command:remote:Command")
+    assert "secure-config-placeholder:host.ssh_private_key" in json.dumps(wait.inputs)
+    synth.write(rec, tmp_path / "out")
+    text = (tmp_path / "out" / "resources.json").read_text()
+    assert "secure-config-placeholder" not in text and "v1:c2Vj" not in text
+
+
+def test_an_image_change_replaces_only_that_service_start_first(tmp_path: Path) -> None:
+    import yaml
+
+    from ops.runner import run_stack
+
+    doc = yaml.safe_load((ROOT / "Pulumi.prod.yaml").read_text())
+    doc["config"]["my-saas-chat:services"]["chat-service"]["image"] = {"tag": "2026.11.26-0a1b2c3"}
+    path = tmp_path / "Pulumi.prod.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    before, after = recording("prod"), run_stack("prod", path=path)
+    def inputs(rec: Recording, urn: str) -> str:
+        return json.dumps(rec.resources[urn].inputs, sort_keys=True)
+
+    changed = sorted(u.rsplit("::", 1)[1] for u in before.resources if inputs(before, u) != inputs(after, u))
+    assert changed == ["chat-service", "chat-service-image"]
+    container = next(r for r in after.resources.values() if r.name == "chat-service" and r.custom)
+    # The container's image id changes, which Docker can only apply by replacement. Without
+    # deleteBeforeReplace Pulumi creates the new one first; wait=True holds `up` until it is
+    # healthy; only then is the old one deleted. A fixed name would make the create collide.
+    assert not container.delete_before_replace and "name" not in container.inputs and container.inputs["wait"] is True
+    assert container.dependencies == before.resources[container.urn].dependencies
