@@ -39,6 +39,8 @@ class AppService(pulumi.ComponentResource):
         super().__init__("my-saas-chat:service:AppService", name, None, opts)
         env, svc = args.env, args.env.services[name]
         docker_opts = args.host.docker_opts(self)
+        # keep_locally: during a start-first replacement the old container still runs on the old
+        # image; deleting the image resource must not try to remove it from the host.
         image = docker.RemoteImage(f"{name}-image", name=svc.image.reference, keep_locally=True, opts=docker_opts)
 
         literal: dict[str, str] = {}

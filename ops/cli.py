@@ -50,8 +50,14 @@ def synth(
         except ConfigError as error:
             typer.echo(f"invalid configuration for stack {name}:\n{error}", err=True)
             raise typer.Exit(2) from None
+        except runner.SecretsFileError as error:
+            typer.echo(f"{secrets_file} does not hold every secret stack {name} references:\n{error}", err=True)
+            raise typer.Exit(2) from None
         except runner.StrictMockError as error:
             typer.echo(str(error), err=True)
+            raise typer.Exit(1) from None
+        except Exception as error:
+            typer.echo(f"stack {name}: the program failed: {error}", err=True)
             raise typer.Exit(1) from None
     # Written only once every stack synthesized: nothing half-applied.
     for rec in recordings:

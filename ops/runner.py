@@ -110,8 +110,7 @@ def run_stack(stack: str, *, secrets: Mapping[str, Any] | None = None, catalog: 
     stack_input = read_stack_file(path, stack)
     with _catalog(catalog) as catalog_path:
         env = load_environment(stack_input, catalog=catalog_path)
-        documents = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in (secrets or {}).items()} \
-            if secrets is not None else placeholder_documents(env)
+        documents = placeholder_documents(env) if secrets is None else _documents(secrets, env)
         strict = StrictMocks(stack, region_of(path), documents)
         strict.secret_values.update(_config_placeholders(stack_input))
         monitor = StrictMonitor(strict)
@@ -123,6 +122,27 @@ def run_stack(stack: str, *, secrets: Mapping[str, Any] | None = None, catalog: 
     if strict.violations:
         raise StrictMockError(stack, sorted(set(strict.violations)))
     return Recording(stack, env, monitor.registrations, strict.invokes, monitor.stack_outputs, strict.secret_values)
+
+
+class SecretsFileError(Exception):
+    """The --secrets-file does not hold what the stack references."""
+
+
+def _documents(secrets: Mapping[str, Any], env: Environment) -> dict[str, str]:
+    documents = {k: v if isinstance(v, str) else json.dumps(v, sort_keys=True) for k, v in secrets.items()}
+    missing = []
+    for sid, placeholder in placeholder_documents(env).items():
+        try:
+            doc = json.loads(documents[sid]) if sid in documents else None
+        except json.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict):
+            missing.append(f"{sid}: {'missing' if sid not in documents else 'not a JSON object'}")
+            continue
+        missing += [f"{sid}.{key}: missing" for key in json.loads(placeholder) if key not in doc]
+    if missing:
+        raise SecretsFileError("\n".join(missing))
+    return documents
 
 
 def _program() -> None:

@@ -16,10 +16,22 @@ import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
+import yaml
+from pydantic import BaseModel
 
+from config.load import SHARED_FILE
+from config.model import Postgres, RabbitMQ, Redis
+from render.datastores import postgres_command, rabbitmq_conf, redis_conf
 from tests.conftest import recording, require_tool
+
+T = TypeVar("T", bound=BaseModel)
+
+
+def shared_spec(model: type[T], key: str) -> T:
+    return model.model_validate(yaml.safe_load(SHARED_FILE.read_text())[key])
 
 
 def free_port() -> int:
@@ -66,8 +78,10 @@ def postgres(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     as_pg = ["runuser", "-u", "postgres", "--"]
     subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(base / "data"), "-U", "mysaaschat", "-A",
                     "scram-sha-256", f"--pwfile={base / 'pw'}"], check=True, capture_output=True)
+    # The server runs with the program's own settings (shared_buffers, max_connections, ...).
+    settings = " ".join(postgres_command(shared_spec(Postgres, "postgres"))[1:])
     subprocess.run([*as_pg, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-w", "-l", str(base / "log"), "-o",
-                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"], check=True, capture_output=True)
+                    f"-p {port} -k {base} -c listen_addresses=127.0.0.1 {settings}", "start"], check=True, capture_output=True)
     try:
         yield port, base
     finally:
@@ -96,8 +110,12 @@ def test_redis_healthcheck(tmp_path: Path) -> None:
     server = require_tool("redis-server")
     require_tool("redis-cli")
     port = free_port()
-    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--requirepass", "s3cret-redis",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)], stdout=subprocess.DEVNULL)
+    # The program's own redis.conf, moved to a free loopback port and a temporary directory.
+    conf = redis_conf(shared_spec(Redis, "redis"), "s3cret-redis")
+    for old, new in (("bind * -::*", "bind 127.0.0.1"), ("port 6379", f"port {port}"), ("dir /data", f"dir {tmp_path}")):
+        conf = conf.replace(old, new)
+    (tmp_path / "redis.conf").write_text(conf)
+    proc = subprocess.Popen([server, str(tmp_path / "redis.conf")], stdout=subprocess.DEVNULL)
     try:
         _wait_port(port)
         test = emitted("redis")
@@ -164,14 +182,8 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 def test_rabbitmq_healthcheck(tmp_path: Path) -> None:
     if not (RABBIT_BIN / "rabbitmq-server").exists():
         require_tool("rabbitmq-server")
-    import yaml
-
-    from config.load import SHARED_FILE
-    from config.model import RabbitMQ
-    from render.datastores import rabbitmq_conf
-
     port, dist = free_port(), free_port()
-    spec = RabbitMQ.model_validate(yaml.safe_load(SHARED_FILE.read_text())["rabbitmq"])
+    spec = shared_spec(RabbitMQ, "rabbitmq")
     conf = tmp_path / "rabbitmq.conf"
     # The program's own rendered config, moved to free ports.
     conf.write_text(rabbitmq_conf(spec, "s3cret-rabbit").replace("= 5672", f"= {port}"))
