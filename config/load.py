@@ -156,7 +156,9 @@ def from_pulumi_runtime() -> StackInput:
     import pulumi
     from pulumi.runtime import config as runtime_config
 
+    # The CLI's language host passes PULUMI_CONFIG(_SECRET_KEYS); the Automation API sets them directly.
     raw = {**runtime_config.get_config_env(), **runtime_config.CONFIG.get()}
+    env_secret_keys = set(runtime_config.get_config_secret_keys_env())
     values: dict[str, Any] = {}
     secrets = set()
     for key, value in raw.items():
@@ -167,7 +169,7 @@ def from_pulumi_runtime() -> StackInput:
             with contextlib.suppress(json.JSONDecodeError):
                 value = json.loads(value)
         values[name] = value
-        if runtime_config.is_config_secret(key):
+        if runtime_config.is_config_secret(key) or key in env_secret_keys:
             secrets.add(name)
     stack = pulumi.get_stack()
     return StackInput(stack, values, f"Pulumi.{stack}.yaml", frozenset(secrets))
