@@ -63,7 +63,6 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
         "users": [
             {
                 "name": admin_user,
-                "groups": ["docker"],
                 "shell": "/bin/bash",
                 "sudo": "ALL=(ALL) NOPASSWD:ALL",
                 "ssh_authorized_keys": [admin_public_key],
@@ -86,6 +85,9 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
         "runcmd": [
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "docker"],
+            # Only now does the docker group exist (the package creates it; creating it earlier
+            # would make the package's postinst fail). The engine-ready wait connects afterwards.
+            ["usermod", "-aG", "docker", admin_user],
             ["systemctl", "enable", "--now", "unattended-upgrades"],
         ],
     }

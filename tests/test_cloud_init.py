@@ -52,3 +52,11 @@ def test_synthesized_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
         path = ROOT / "tests" / "snapshots" / stack / "files" / "var" / "lib" / "cloud" / "instance" / "user-data.txt"
         result = subprocess.run([tool, "schema", "--config-file", str(path)], capture_output=True, text=True)
         assert result.returncode == 0, f"{stack}: {result.stdout}{result.stderr}"
+
+
+def test_admin_joins_the_docker_group_after_the_package_creates_it() -> None:
+    doc = yaml.safe_load(render_user_data(data_volume_id="vol-1", admin_user="ops", host_private_key="k",
+                                          host_public_key="p", admin_public_key="o"))
+    assert "groups" not in doc["users"][0] and "groups" not in doc
+    assert ["usermod", "-aG", "docker", "ops"] in doc["runcmd"]
+    assert "docker.io" in doc["packages"]  # packages run before runcmd
