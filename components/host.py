@@ -137,14 +137,14 @@ class Host(pulumi.ComponentResource):
         self.provider = docker.Provider(
             f"{name}-docker",
             host=pulumi.Output.concat("ssh://", host.ssh_user, "@", eip.public_ip),
-            ssh_opts=known_host.apply(lambda key: ssh_options(key)),
+            ssh_opts=known_host.apply(lambda key: ssh_options(key, host.ssh_options)),
             # The engine is not up when the provider is configured; `engine_ready` orders every
             # Docker resource after the wait instead.
             disable_docker_daemon_check=True,
             opts=self._child())
 
 
-def ssh_options(host_public_key: str) -> list[str]:
+def ssh_options(host_public_key: str, extra: list[str]) -> list[str]:
     """Strict host-key checking against the key Pulumi generated: no trust-on-first-use, no prompt.
 
     KnownHostsCommand (OpenSSH >= 8.5) supplies the pinned key without a file that every operator
@@ -157,6 +157,7 @@ def ssh_options(host_public_key: str) -> list[str]:
         "-o", "HostKeyAlgorithms=ssh-ed25519",
         "-o", "ServerAliveInterval=15",
         "-o", "ConnectTimeout=20",
+        *(arg for option in extra for arg in ("-o", option)),
     ]
 
 

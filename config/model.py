@@ -20,6 +20,8 @@ _UNIT = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
 _NAME = r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$"
 _ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
 _DURATION = r"^\d+(ms|s|m|h)$"
+_SSH_OPTIONS = {"identityfile", "identitiesonly", "identityagent", "serveraliveinterval", "serveralivecountmax",
+                "connecttimeout", "connectionattempts", "compression", "controlmaster", "controlpath", "controlpersist"}
 
 
 def _parse_size(value: object) -> int:
@@ -162,6 +164,9 @@ class Host(Strict):
     availability_zone: str | None = None
     admin_cidrs: list[str] = Field(default_factory=list, description="Who may reach SSH (22). Never 0.0.0.0/0.")
     ssh_user: str = "admin"
+    ssh_options: list[str] = Field(
+        default_factory=list, description="Extra `ssh -o Key=value` options for the Docker provider, from an allow-list "
+        "(identity, keep-alive, connection sharing); host-key checking stays pinned.")
     ssh_public_key: str | None = Field(None, description="OpenSSH public key for the operator.")
     backup_bucket: str | None = Field(None, description="S3 bucket the host may write `<stack>/` backups into.")
     ssh_private_key: str | None = Field(
@@ -178,6 +183,22 @@ class Host(Strict):
             if net.prefixlen == 0:
                 raise ValueError(f"{cidr} opens SSH to the whole internet; list the admin networks instead")
         return cidrs
+
+    @field_validator("ssh_options")
+    @classmethod
+    def _no_host_key_overrides(cls, options: list[str]) -> list[str]:
+        for option in options:
+            key = option.split("=", 1)[0].strip().lower()
+            if "=" not in option or not key.isalpha():
+                raise ValueError(f"{option!r} is not an ssh option of the form Key=value")
+            if key in {"stricthostkeychecking", "userknownhostsfile", "knownhostscommand", "globalknownhostsfile",
+                       "hostkeyalgorithms", "hostkeyalias"}:
+                raise ValueError(f"{option!r} would change host-key verification, which is pinned to the host's key")
+            if key not in _SSH_OPTIONS:
+                # Routing options (Port, ProxyJump, ...) would also have to reach the engine-ready wait,
+                # which connects on its own; only client-side options are accepted.
+                raise ValueError(f"{option!r} is not allowed; allowed: {', '.join(sorted(_SSH_OPTIONS))}")
+        return options
 
     @model_validator(mode="after")
     def _ec2_complete(self) -> Host:

@@ -139,6 +139,10 @@ CASES: list[tuple[str, Mut, str, str]] = [
     ("healthcheck-interval", stack_in("services.chat-service.healthcheck.interval", "ten"),
      f"{S}: services.chat-service.healthcheck.interval", "pattern"),
     ("secure-outside-allowed", stack("domain", {"secure": "v1:abc"}), f"{S}: domain", "only host.ssh_private_key"),
+    ("ssh-no-strict", stack_in("host.ssh_options", ["StrictHostKeyChecking=no"]), f"{S}: host.ssh_options",
+     "host-key verification"),
+    ("ssh-option-form", stack_in("host.ssh_options", ["-J bastion"]), f"{S}: host.ssh_options", "Key=value"),
+    ("ssh-option-routing", stack_in("host.ssh_options", ["ProxyJump=bastion"]), f"{S}: host.ssh_options", "allowed:"),
     ("services-not-mapping", stack("services", ["chat-service"]), f"{S}: services", "mapping"),
 ]
 
