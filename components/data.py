@@ -119,7 +119,8 @@ class DataStore(pulumi.ComponentResource):
         files = self.password.apply(recipe.files)
         uploads: Sequence[Upload] = [
             Upload(path=path, owner=recipe.user, content=pulumi.Output.secret(files.apply(operator.itemgetter(path))))
-            for path in sorted(recipe.files("x"))
+            # The file names do not depend on the password; the list must exist before it resolves.
+            for path in sorted(recipe.files(""))
         ]
         self.container = hardened_container(
             kind,

@@ -1,0 +1,25 @@
+"""The hardening module refuses replacement settings that would break its guarantees."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pulumi
+import pytest
+
+from components.container import ContainerSpec, hardened_container
+
+
+def spec(**overrides: Any) -> ContainerSpec:
+    base: dict[str, Any] = dict(service="x", image=None, user="1:1", cpus=1.0, memory_bytes=1 << 28,
+                                healthcheck=["CMD", "true"], health={}, networks=[])
+    return ContainerSpec(**{**base, **overrides})
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    ({"lifecycle": "stateless", "fixed_name": "x"}, "must not have a fixed name"),
+    ({"lifecycle": "stateful"}, "needs a fixed name"),
+])
+def test_replacement_guards(overrides: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        hardened_container("x", spec(**overrides), "test", pulumi.ResourceOptions())
