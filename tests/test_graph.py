@@ -189,3 +189,19 @@ def test_ssh_to_the_host_pins_its_key(rec: Recording) -> None:
     pinned = plain(wait.inputs["connection"])["hostKey"]
     # Both connections verify the one key Pulumi generated for the host.
     assert pinned.startswith("ssh-ed25519 ") and known == f"KnownHostsCommand=/bin/echo %H {pinned}"
+
+
+def test_depends_on_orders_one_service_after_another(tmp_path: Any) -> None:
+    import yaml
+
+    from config.load import CATALOG_FILE
+    from ops.runner import run_stack
+
+    catalog = yaml.safe_load(CATALOG_FILE.read_text())
+    catalog["services"]["api-gateway"]["depends_on"] = ["auth-service"]
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    rec = run_stack("staging", catalog=path)
+    by_name = {r.name: r for r in rec.resources.values() if r.type == CONTAINER}
+    assert by_name["auth-service"].urn in by_name["api-gateway"].dependencies
+    assert not any(by_name["api-gateway"].urn in r.dependencies for r in by_name.values())
