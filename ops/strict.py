@@ -29,21 +29,21 @@ def args_class(token: str) -> type | None:
     if token.startswith("pulumi:providers:"):
         package = PACKAGES.get(token.rsplit(":", 1)[1])
         return importlib.import_module(package).ProviderArgs if package else None
-    pkg, module, name = token.split(":")
-    if pkg not in PACKAGES:
-        return None
-    path = module.split("/")[0]
-    mod = importlib.import_module(PACKAGES[pkg] if path == "index" else f"{PACKAGES[pkg]}.{path.replace('-', '_')}")
-    return getattr(mod, f"{name}Args", None)
+    return _sdk_class(token, "Args")
 
 
 def resource_class(token: str) -> type | None:
+    return _sdk_class(token, "")
+
+
+def _sdk_class(token: str, suffix: str) -> type | None:
+    """`aws:ec2/instance:Instance` -> `pulumi_aws.ec2.Instance<suffix>`, None outside our packages."""
     pkg, module, name = token.split(":")
     if pkg not in PACKAGES:
         return None
     path = module.split("/")[0]
     mod = importlib.import_module(PACKAGES[pkg] if path == "index" else f"{PACKAGES[pkg]}.{path.replace('-', '_')}")
-    return getattr(mod, name, None)
+    return getattr(mod, f"{name}{suffix}", None)
 
 
 @cache

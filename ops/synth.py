@@ -31,11 +31,8 @@ class Redactor:
         values = sorted((v for v in secret_values | lines if len(v) >= 4), key=len, reverse=True)
         self.pattern = re.compile("|".join(map(re.escape, values))) if values else None
 
-    def text(self, value: str) -> tuple[str, bool]:
-        if self.pattern is None:
-            return value, False
-        redacted, hits = self.pattern.subn(REDACTED, value)
-        return redacted, hits > 0
+    def text(self, value: str) -> str:
+        return self.pattern.sub(REDACTED, value) if self.pattern else value
 
     def tree(self, value: Any) -> Any:
         if isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
@@ -47,14 +44,10 @@ class Redactor:
         if isinstance(value, list):
             return [self.tree(v) for v in value]
         if isinstance(value, str):
-            return self.text(value)[0]
+            return self.text(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return value
-
-
-def short(urn: str) -> str:
-    return urn.rsplit("::", 1)[-1] if urn else ""
 
 
 def resource_document(rec: Recording, redactor: Redactor) -> dict[str, Any]:
