@@ -18,18 +18,36 @@ DAEMON_JSON = {
     "userland-proxy": False,
 }
 
+# Formats the data volume only when `blkid -p` (a low-level probe of the device itself, no
+# cache) says it holds no signature at all: exit 2 (util-linux blkid(8), "RETURN CODE": 2 = no
+# token/signature found). Any other failure (4: usage or probe error, 8: ambivalent result) stops
+# the boot instead: a transient probe error must never format a disk that holds the databases.
+FORMAT_GUARD = """\
+format_if_blank() {
+  # blkid -p also exits 2 for a path that does not exist: only a present device may be formatted.
+  [ -b "$1" ] || [ -f "$1" ] || { echo "$1 is missing: refusing to format" >&2; return 1; }
+  rc=0; blkid -p "$1" >/dev/null 2>&1 || rc=$?
+  case "$rc" in
+    0) ;;
+    2) mkfs.ext4 -q -L "$2" "$1" ;;
+    *) echo "blkid -p $1 failed with $rc: refusing to format" >&2; return 1 ;;
+  esac
+}
+"""
+
 # Runs before packages are installed, so Docker's first start already writes to the data volume.
-# The attachment is made after the instance exists, hence the wait. mkfs only on a blank device:
-# an existing filesystem (the database!) is never formatted.
+# The attachment is made after the instance exists, hence the wait. After a `data_volume` grow
+# (EBS ModifyVolume), resize2fs grows the mounted filesystem online; on an unchanged size it is a no-op.
 _MOUNT_SCRIPT = """\
 set -eu
-dev=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume}
+{guard}dev=/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_{volume}
 i=0; until [ -e "$dev" ]; do i=$((i+1)); [ "$i" -lt 300 ] || exit 1; sleep 2; done
-[ -n "$(blkid -o value -s TYPE "$dev" || true)" ] || mkfs.ext4 -q -L {label} "$dev"
+format_if_blank "$dev" {label}
 mkdir -p {mount}
 line='LABEL={label} {mount} ext4 defaults,nofail,x-systemd.device-timeout=10min 0 2'
 grep -q 'LABEL={label}' /etc/fstab || echo "$line" >> /etc/fstab
 mountpoint -q {mount} || mount {mount}
+resize2fs "$dev" >/dev/null 2>&1 || echo "resize2fs $dev failed; the filesystem keeps its size" >&2
 """
 
 
@@ -60,15 +78,22 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
         "ssh_keys": {"ed25519_private": host_private_key, "ed25519_public": host_public_key},
         "ssh_pwauth": False,
         "disable_root": True,
+        # The docker group exists before the package: cloud-init's users-groups module runs in the
+        # init stage, packages in the final stage, and docker.io's postinst only creates the group
+        # when it is missing (`getent group docker || addgroup --system docker`). So the admin is in
+        # the group from the first SSH login: sshd fixes a session's groups at login, and the
+        # engine-ready wait's session may open before any later `usermod` (which it would not see).
+        "groups": ["docker"],
         "users": [
             {
                 "name": admin_user,
                 "shell": "/bin/bash",
+                "groups": ["docker"],
                 "sudo": "ALL=(ALL) NOPASSWD:ALL",
                 "ssh_authorized_keys": [admin_public_key],
             }
         ],
-        "bootcmd": [["sh", "-c", _MOUNT_SCRIPT.format(volume=volume, label=DATA_LABEL, mount=DATA_MOUNT)]],
+        "bootcmd": [["sh", "-c", _MOUNT_SCRIPT.format(guard=FORMAT_GUARD, volume=volume, label=DATA_LABEL, mount=DATA_MOUNT)]],
         "write_files": [
             {"path": "/etc/docker/daemon.json", "permissions": "0644", "content": json.dumps(DAEMON_JSON, indent=2) + "\n"},
             {
@@ -85,9 +110,6 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
         "runcmd": [
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "docker"],
-            # Only now does the docker group exist (the package creates it; creating it earlier
-            # would make the package's postinst fail). The engine-ready wait connects afterwards.
-            ["usermod", "-aG", "docker", admin_user],
             ["systemctl", "enable", "--now", "unattended-upgrades"],
         ],
     }

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
-from render.cloud_init import render_user_data
+from render.cloud_init import FORMAT_GUARD, render_user_data
 from tests.conftest import require_tool
 
 
@@ -31,7 +33,7 @@ def test_mount_runs_before_docker_is_installed() -> None:
                                           host_public_key="p", admin_public_key="o"))
     script = doc["bootcmd"][0][2]
     assert "nvme-Amazon_Elastic_Block_Store_vol1" in script
-    assert "mkfs.ext4" in script and 'blkid -o value -s TYPE' in script
+    assert "mkfs.ext4" in script and 'format_if_blank "$dev"' in script
     daemon = next(f for f in doc["write_files"] if f["path"] == "/etc/docker/daemon.json")
     assert '"live-restore": true' in daemon["content"]
 
@@ -54,9 +56,62 @@ def test_synthesized_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
         assert result.returncode == 0, f"{stack}: {result.stdout}{result.stderr}"
 
 
-def test_admin_joins_the_docker_group_after_the_package_creates_it() -> None:
+def test_admin_is_in_the_docker_group_from_the_first_login() -> None:
+    """sshd fixes a session's groups at login: a `usermod` after the engine-ready wait connected is
+    invisible to it, and `docker info` would be denied until the wait gives up."""
     doc = yaml.safe_load(render_user_data(data_volume_id="vol-1", admin_user="ops", host_private_key="k",
                                           host_public_key="p", admin_public_key="o"))
-    assert "groups" not in doc["users"][0] and "groups" not in doc
-    assert ["usermod", "-aG", "docker", "ops"] in doc["runcmd"]
-    assert "docker.io" in doc["packages"]  # packages run before runcmd
+    assert "docker" in doc["groups"]
+    assert doc["users"][0]["name"] == "ops" and "docker" in doc["users"][0]["groups"]
+    assert not any("usermod" in step for step in doc["runcmd"])
+
+
+def _guard(tmp_path: Path, device: Path, blkid: str | None = None) -> subprocess.CompletedProcess[str]:
+    require_tool("blkid")
+    require_tool("mkfs.ext4")
+    env = dict(os.environ)
+    if blkid is not None:  # a stand-in blkid that fails the way the real one can (4: error, 8: ambivalent)
+        shim = tmp_path / "bin"
+        shim.mkdir(exist_ok=True)
+        (shim / "blkid").write_text(f"#!/bin/sh\nexit {blkid}\n")
+        (shim / "blkid").chmod(0o755)
+        env["PATH"] = f"{shim}:{env['PATH']}"
+    script = FORMAT_GUARD + f'format_if_blank "{device}" docker-data\n'
+    return subprocess.run(["sh", "-eu", "-c", script], capture_output=True, text=True, env=env)
+
+
+def _fs_type(device: Path) -> str:
+    return subprocess.run(["blkid", "-p", "-o", "value", "-s", "TYPE", str(device)], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_a_blank_device_is_formatted_once(tmp_path: Path) -> None:
+    device = tmp_path / "disk.img"
+    subprocess.run(["truncate", "-s", "16M", str(device)], check=True)
+    assert _guard(tmp_path, device).returncode == 0
+    assert _fs_type(device) == "ext4"
+    (tmp_path / "marker").write_bytes(device.read_bytes()[:4096 * 4])
+    assert _guard(tmp_path, device).returncode == 0  # a filesystem: left alone
+    assert device.read_bytes()[:4096 * 4] == (tmp_path / "marker").read_bytes()
+
+
+@pytest.mark.parametrize("code", ["4", "8"])
+def test_a_failed_probe_never_formats(tmp_path: Path, code: str) -> None:
+    device = tmp_path / "disk.img"
+    subprocess.run(["truncate", "-s", "16M", str(device)], check=True)
+    result = _guard(tmp_path, device, blkid=code)
+    assert result.returncode != 0 and "refusing to format" in result.stderr
+    assert _fs_type(device) == ""
+
+
+def test_a_missing_device_is_not_formatted(tmp_path: Path) -> None:
+    result = _guard(tmp_path, tmp_path / "absent")
+    assert result.returncode != 0 and "missing" in result.stderr
+
+
+def test_the_boot_script_grows_the_filesystem_after_mounting() -> None:
+    doc = yaml.safe_load(render_user_data(data_volume_id="vol-1", admin_user="a", host_private_key="k",
+                                          host_public_key="p", admin_public_key="o"))
+    lines = doc["bootcmd"][0][2].splitlines()
+    mount = next(i for i, line in enumerate(lines) if "|| mount " in line)
+    assert any(line.startswith('resize2fs "$dev"') for line in lines[mount + 1:])
