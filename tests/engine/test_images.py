@@ -173,6 +173,22 @@ def wait_healthy(s: Started, timeout: float = 120) -> None:
     wait_for(healthy, timeout, f"{s.container.name} healthy", lambda: s.logs()[-4000:])
 
 
+def assert_hardened(s: Started, uid: int) -> None:
+    """Every process of the container runs as `uid`, with no capabilities and no_new_privs, on a read-only root."""
+    host = s.container.attrs["HostConfig"]
+    assert host["ReadonlyRootfs"] and host["CapDrop"] == ["ALL"] and host["Init"]
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    code, out = s.exec("for p in /proc/[0-9]*; do grep -hE '^(Uid|CapEff|NoNewPrivs):' $p/status 2>/dev/null; done")
+    assert code == 0, out
+    fields: dict[str, set[str]] = {}
+    for line in out.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key, set()).add(value.split()[0])
+    assert fields == {"Uid": {str(uid)}, "CapEff": {"0000000000000000"}, "NoNewPrivs": {"1"}}, fields
+    code, out = s.exec("touch /probe-write")
+    assert code != 0 and "Read-only file system" in out, out
+
+
 def start_store(launcher: Launcher, images: Mapping[str, str], env: Environment, kind: str,
                 reuse: Mapping[str, str] | None = None, password: str = PASSWORD) -> tuple[Started, Recipe]:
     """A store started exactly as the program's recipe describes it (components/data.py)."""
@@ -272,6 +288,7 @@ def test_postgres_runs_hardened_with_the_password_file(launcher: Launcher, engin
     s, recipe = start_store(launcher, engine_images, env, "postgres")
     wait_healthy(s)  # the program's own healthcheck, reading $POSTGRES_PASSWORD_FILE
     assert s.exec("id")[1].startswith("uid=70(postgres) gid=70(postgres)")
+    assert_hardened(s, 70)
     code, out = s.exec("stat -c '%u:%g %a' /var/lib/postgresql/data/pgdata; ls -A /var/run/postgresql")
     assert code == 0 and out.splitlines()[0] == "70:70 700" and ".s.PGSQL.5432" in out, out
     # The *_FILE convention: the password from the file is the one that works; a wrong one is refused,
@@ -307,6 +324,7 @@ def test_redis_runs_hardened_with_the_programs_config(launcher: Launcher, engine
     s, recipe = start_store(launcher, engine_images, env, "redis")
     wait_healthy(s)
     assert s.exec("id")[1].startswith("uid=999(redis) gid=1000(redis)")
+    assert_hardened(s, 999)
     auth = {"REDISCLI_AUTH": PASSWORD}
     assert s.exec(["redis-cli", "--no-auth-warning", "-h", s.ip, "set", "k", "v"], env=auth)[1].strip() == "OK"
     code, out = s.exec(["redis-cli", "--no-auth-warning", "-e", "-h", "127.0.0.1", "ping"],
@@ -329,6 +347,7 @@ def test_rabbitmq_runs_hardened_with_the_programs_config(launcher: Launcher, eng
     s, recipe = start_store(launcher, engine_images, env, "rabbitmq")
     wait_healthy(s, timeout=150)
     assert s.exec("id")[1].startswith("uid=100(rabbitmq) gid=101(rabbitmq)")
+    assert_hardened(s, 100)
     hostname = s.exec("hostname")[1].strip()
     # The node name follows the hostname (rabbit@<hostname>), and its state lives in the volume.
     code, out = s.exec(["rabbitmqctl", "-q", "eval", "node()."])
@@ -371,6 +390,7 @@ def start_stub(launcher: Launcher, images: Mapping[str, str], alias: str = "stub
 def test_stub_endpoints(launcher: Launcher, engine_images: dict[str, str]) -> None:
     s = start_stub(launcher, engine_images, STUB_SSE_MS="50")
     assert s.exec("id")[1].startswith("uid=1001(app) gid=1001(app)")
+    assert_hardened(s, 1001)
     assert http(s.ip, "/health")[:2] == (200, json.dumps({"status": "ok", "version": "v1"}, separators=(",", ":")))
     code, body, _ = http(s.ip, "/version")
     assert code == 200 and json.loads(body) == {"version": "v1", "hostname": s.exec("hostname")[1].strip()}
