@@ -1,0 +1,277 @@
+"""Replay a recorded stack on a real Docker engine, doing what pulumi-docker would do with it.
+
+A test instrument, not a deploy path. `ops synth` records every input the program gives each
+resource; this performs, with the Docker SDK, the calls the provider makes for those inputs, in
+the provider's order, so Docker itself judges them (a read-only root refusing an upload, DNS
+answering for an unhealthy container, a limit not applied). Each step names the provider code it
+mirrors: kreuzwerker/terraform-provider-docker v4.x (wrapped by pulumi-docker 5.x),
+`internal/provider/resource_docker_container_funcs.go` (below: "container_funcs"),
+`resource_docker_network_funcs.go`, `resource_docker_volume.go`.
+
+Images are mapped to the stand-ins built by tests/engine/images.py: a store's image by its
+repository name, every product service to the stub service.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import secrets
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker
+import docker.errors
+from docker.types import Healthcheck, LogConfig
+
+from ops.mocks import Registration
+from ops.runner import Recording
+from ops.strict import SECRET_SIG
+
+MiB = 1024 * 1024
+CONTAINER = "docker:index/container:Container"
+NETWORK = "docker:index/network:Network"
+VOLUME = "docker:index/volume:Volume"
+IMAGE = "docker:index/remoteImage:RemoteImage"
+STORES = ("postgres", "redis", "rabbitmq")
+
+
+class ReplayError(Exception):
+    """A step the real provider would have failed on, with the engine's own message."""
+
+    def __init__(self, resource: str, step: str, message: str) -> None:
+        self.resource, self.step = resource, step
+        super().__init__(f"{resource}: {step}: {message}")
+
+
+def plain(value: Any) -> Any:
+    """The recorded wire value as the provider receives it: secrets unwrapped (the engine gets the real
+    value), whole numbers as ints."""
+    if isinstance(value, dict) and SECRET_SIG in value and "value" in value:
+        return plain(value["value"])
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)  # the wire carries every number as a double; the schema's ints are ints
+    return value
+
+
+_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
+
+
+def duration_ns(text: str) -> int:
+    """Go's time.ParseDuration, which container_funcs uses for every healthcheck duration."""
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Go duration: {text!r}")
+    return int(sum(float(n) * _UNITS[u] for n, u in parts))
+
+
+@dataclass
+class Live:
+    """A container the replay created: its engine id and name, and the registration it came from."""
+
+    reg: Registration
+    id: str
+    name: str
+
+
+@dataclass
+class Replay:
+    client: docker.DockerClient
+    recording: Recording
+    images: Mapping[str, str]  # logical image (postgres, redis, rabbitmq, stub) -> local tag
+    containers: dict[str, Live] = field(default_factory=dict)  # by resource name
+    log: list[str] = field(default_factory=list)
+    on_wait: Callable[[str], None] | None = None
+
+    # --- what to replay ------------------------------------------------------------------
+
+    def resources(self, typ: str) -> list[Registration]:
+        return [r for r in self.recording.resources.values() if r.type == typ]
+
+    def order(self) -> list[Registration]:
+        """Docker resources in dependency order (the engine walks the same graph)."""
+        docker_types = (NETWORK, VOLUME, CONTAINER)
+        regs = {r.urn: r for r in self.recording.resources.values() if r.type in docker_types}
+        done: list[Registration] = []
+        seen: set[str] = set()
+
+        def visit(urn: str) -> None:
+            if urn in seen or urn not in regs:
+                return
+            seen.add(urn)
+            for dep in regs[urn].dependencies:
+                visit(dep)
+            done.append(regs[urn])
+
+        for urn in sorted(regs):
+            visit(urn)
+        return done
+
+    def image_for(self, reg: Registration) -> str:
+        """The stand-in for the RemoteImage this container depends on."""
+        images = {r.urn: r for r in self.resources(IMAGE)}
+        image = next(images[d] for d in reg.dependencies if d in images)
+        repository = str(image.inputs["name"]).split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1]
+        return self.images[repository if repository in STORES else "stub"]
+
+    # --- up ----------------------------------------------------------------------------------
+
+    def up(self) -> None:
+        for reg in self.order():
+            if reg.type == NETWORK:
+                self.network(reg)
+            elif reg.type == VOLUME:
+                self.volume(reg)
+            else:
+                self.containers[reg.name] = self.create(reg)
+
+    def network(self, reg: Registration) -> None:
+        # resource_docker_network_funcs.go resourceDockerNetworkCreate: NetworkCreate with the
+        # name, driver, internal flag and labels; Docker picks the subnet from its address pool.
+        i = plain(reg.inputs)
+        self.client.networks.create(i["name"], driver=i.get("driver", "bridge"), internal=bool(i.get("internal")),
+                                    labels=_labels(i), check_duplicate=True)
+
+    def volume(self, reg: Registration) -> None:
+        # resource_docker_volume.go resourceDockerVolumeCreate: VolumeCreate(name, driver, labels).
+        i = plain(reg.inputs)
+        self.client.volumes.create(i["name"], labels=_labels(i))
+
+    def create(self, reg: Registration, *, image: str | None = None, name: str | None = None) -> Live:
+        """resourceDockerContainerCreate, step by step, then the `wait` poll."""
+        i = plain(reg.inputs)
+        api = self.client.api
+        image = image or self.image_for(reg)
+        # Pulumi auto-names a container without `name` as <resource name>-<7 random hex>.
+        name = name or i.get("name") or f"{reg.name}-{secrets.token_hex(4)[:7]}"
+        hc = i.get("healthcheck")
+        health = Healthcheck(test=hc["tests"], interval=duration_ns(hc["interval"]), timeout=duration_ns(hc["timeout"]),
+                             retries=int(hc["retries"]), start_period=duration_ns(hc.get("startPeriod", "0s"))) if hc else None
+        caps = i.get("capabilities") or {}
+        # container_funcs: hostConfig from the inputs. Memory and MemorySwap are MB in the schema,
+        # multiplied by 1024*1024; cpus is parsed to NanoCPUs; volumes with volume_name become
+        # mounts of that named volume; tmpfs, log driver/options, init, restart policy as given.
+        host_config = api.create_host_config(
+            binds=[f"{v['volumeName']}:{v['containerPath']}:{'ro' if v.get('readOnly') else 'rw'}"
+                   for v in i.get("volumes") or []],
+            read_only=bool(i.get("readOnly")), tmpfs=i.get("tmpfs") or None,
+            cap_drop=caps.get("drops"), cap_add=caps.get("adds"), security_opt=i.get("securityOpts"),
+            mem_limit=int(i["memory"]) * MiB if "memory" in i else None,
+            memswap_limit=int(i["memorySwap"]) * MiB if "memorySwap" in i else None,
+            nano_cpus=round(float(i["cpus"]) * 1e9) if "cpus" in i else None,
+            shm_size=int(i["shmSize"]) * MiB if "shmSize" in i else None,
+            init=i.get("init"), restart_policy={"Name": i.get("restart", "no")},
+            network_mode=i.get("networkMode"),
+            log_config=LogConfig(type=i.get("logDriver", "json-file"), config=i.get("logOpts") or {}),
+        )
+        try:
+            created = api.create_container(
+                image, name=name, command=i.get("command"), user=i.get("user"), environment=i.get("envs"),
+                hostname=i.get("hostname"), labels=_labels(i), healthcheck=health, stop_timeout=i.get("stopTimeout"),
+                host_config=host_config)
+        except docker.errors.APIError as error:
+            raise ReplayError(reg.name, "ContainerCreate", str(error.explanation or error)) from None
+        cid = created["Id"]
+        live = Live(reg, cid, name)
+        # container_funcs: with networks_advanced, the container (created on the default
+        # network) is disconnected from "bridge" and connected to each network with its aliases.
+        networks = i.get("networksAdvanced") or []
+        if networks and api.networks(names=["bridge"]):  # an engine run with --bridge=none has none
+            try:
+                api.disconnect_container_from_network(cid, "bridge")
+            except docker.errors.APIError as error:  # the provider ignores exactly this one
+                if "is not connected to the network bridge" not in str(error):
+                    raise
+        for net in networks:
+            api.connect_container_to_network(cid, net["name"], aliases=net.get("aliases"))
+        # container_funcs: each upload is a one-file tar (header Name = the `file` path, Mode from
+        # `permissions`, Uid/Gid from owner/group) sent with CopyToContainer(ctx, id, "/", tar).
+        for upload in i.get("uploads") or []:
+            try:
+                api.put_archive(cid, "/", _upload_tar(upload))
+            except docker.errors.APIError as error:
+                api.remove_container(cid, force=True)
+                raise ReplayError(reg.name, f"upload {upload['file']}", str(error.explanation or error)) from None
+        # container_funcs: `if d.Get("start").(bool) { ContainerStart ...; if d.Get("wait") ... }`.
+        if not i.get("start", True):
+            self.log.append(f"created {name} (never started)")
+            return live
+        api.start(cid)
+        self.log.append(f"started {name}")
+        if i.get("wait"):
+            self.wait_healthy(live, float(i.get("waitTimeout", 60)))
+        return live
+
+    def wait_healthy(self, live: Live, timeout: float) -> float:
+        """container_funcs `wait`: poll the health status until healthy; an error after wait_timeout."""
+        start = time.monotonic()
+        while True:
+            state = self.client.api.inspect_container(live.id)["State"]
+            status = (state.get("Health") or {}).get("Status")
+            if self.on_wait:
+                self.on_wait(live.name)
+            if status == "healthy":
+                elapsed = time.monotonic() - start
+                self.log.append(f"{live.name} healthy after {elapsed:.1f} s")
+                return elapsed
+            if time.monotonic() - start > timeout:
+                logs = self.client.api.logs(live.id, tail=30).decode(errors="replace")
+                raise ReplayError(live.reg.name, "wait", f"not healthy within {timeout:.0f} s (status {status}, "
+                                  f"state {state.get('Status')}); last log lines:\n{logs}")
+            time.sleep(0.5)
+
+    # --- replacement and delete ---------------------------------------------------------------
+
+    def delete(self, live: Live) -> None:
+        """resourceDockerContainerDelete: stop with destroy_grace_seconds, then force-remove."""
+        grace = int(plain(live.reg.inputs).get("destroyGraceSeconds", 0) or 0)
+        if grace:
+            self.client.api.stop(live.id, timeout=grace)
+        self.client.api.remove_container(live.id, force=True, v=True)
+        self.log.append(f"deleted {live.name}")
+
+    def replace(self, name: str, *, image: str) -> Live:
+        """A replacement as the engine orders it: create-before-delete unless deleteBeforeReplace."""
+        old = self.containers[name]
+        if old.reg.delete_before_replace:
+            self.delete(old)
+            new = self.create(old.reg, image=image)
+        else:
+            new = self.create(old.reg, image=image)
+            self.delete(old)
+        self.containers[name] = new
+        return new
+
+    # --- reading the running state --------------------------------------------------------------
+
+    def exec(self, name: str, argv: Iterable[str], env: Mapping[str, str] | None = None) -> tuple[int, str]:
+        result = self.client.api.exec_create(self.containers[name].id, list(argv), environment=dict(env or {}))
+        output = self.client.api.exec_start(result["Id"]).decode(errors="replace")
+        return int(self.client.api.exec_inspect(result["Id"])["ExitCode"]), output
+
+    def inspect(self, name: str) -> dict[str, Any]:
+        return self.client.api.inspect_container(self.containers[name].id)  # type: ignore[no-any-return]
+
+
+def _labels(inputs: Mapping[str, Any]) -> dict[str, str]:
+    return {item["label"]: item["value"] for item in inputs.get("labels") or []}
+
+
+def _upload_tar(upload: Mapping[str, Any]) -> bytes:
+    content = str(upload.get("content", "")).encode()
+    info = tarfile.TarInfo(name=upload["file"])
+    info.size = len(content)
+    info.mode = int(upload.get("permissions", "0644"), 8)
+    info.uid = int(upload.get("owner") or 0)
+    info.gid = int(upload.get("group") or 0)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.addfile(info, io.BytesIO(content))
+    return buf.getvalue()
