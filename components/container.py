@@ -16,6 +16,8 @@ from typing import Literal
 import pulumi
 import pulumi_docker as docker
 
+from components.canonical import canonical_cpus, canonical_duration
+
 MiB = 1024 * 1024
 
 
@@ -28,11 +30,11 @@ class Mount:
 
 @dataclass(frozen=True)
 class Upload:
-    """A file written into a volume-backed path before start (never into the read-only root)."""
+    """A file for a container's volume, written by `volume_seed` (never into a read-only root)."""
 
     path: str
     content: pulumi.Input[str]
-    owner: str
+    owner: str  # "uid:gid", numeric: the tar header carries it (pulumi-docker 5.2 ContainerUploadArgs.owner/group)
     permissions: str = "0400"
 
 
@@ -50,7 +52,6 @@ class ContainerSpec:
     command: Sequence[str] | None = None
     tmpfs: Sequence[str] = ("/tmp",)
     mounts: Sequence[Mount] = ()
-    uploads: Sequence[Upload] = ()
     stop_grace_seconds: int = 20
     deploy_timeout_seconds: int = 180
     # Stateless services are replaced start-first (zero downtime); stateful ones stop-first,
@@ -58,7 +59,10 @@ class ContainerSpec:
     lifecycle: Literal["stateless", "stateful"] = "stateless"
     fixed_name: str | None = None
     cap_add: Mapping[str, str] = field(default_factory=dict)  # capability -> why it is needed
-    labels: Mapping[str, str] = field(default_factory=dict)
+    labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
+    # A stable host name: RabbitMQ names its node, and so its Mnesia directory, rabbit@<hostname>.
+    hostname: str | None = None
+    shm_size_bytes: int | None = None  # /dev/shm; Docker's default is 64 MiB
 
 
 def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.ResourceOptions) -> docker.Container:
@@ -66,6 +70,8 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         raise ValueError(f"{name}: a stateless container must not have a fixed name (it blocks start-first replacement)")
     if spec.lifecycle == "stateful" and not spec.fixed_name:
         raise ValueError(f"{name}: a stateful container needs a fixed name so two can never run at once")
+    if spec.lifecycle == "stateful" and not spec.hostname:
+        raise ValueError(f"{name}: a stateful container needs a fixed hostname (a store's identity must survive replacement)")
     labels = {
         "com.mysaaschat.service": spec.service,
         "com.mysaaschat.stack": stack,
@@ -75,14 +81,26 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
     label_args = [docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(labels.items())]
     label_args.append(docker.ContainerLabelArgs(label="com.mysaaschat.image-digest", value=spec.image.repo_digest))
     replacement = pulumi.ResourceOptions(
+        # Always explicit: pulumi-docker defaults containers to delete-before-replace
+        # (pulumi-docker provider/resources.go, docker_container `DeleteBeforeReplace: true`), and
+        # only a defined option overrides it (pulumi/pulumi step_generator.go: `if
+        # goal.DeleteBeforeReplace != nil`); the Python SDK sends it defined for False too.
         delete_before_replace=spec.lifecycle == "stateful",
-        # Docker cannot change a healthcheck in place (kreuzwerker/terraform-provider-docker#988):
-        # without this the new check would silently never be applied.
-        replace_on_changes=["healthcheck"],
+        # Docker cannot change a healthcheck in place (kreuzwerker/terraform-provider-docker#988;
+        # TP v4.5.0 Update ignores it). Stateless containers replace on any change ("*"), which
+        # also makes the engine *replace*, not update, a container left with init errors by a
+        # failed `wait` (pulumi/pulumi step_generator.go applyReplaceOnChanges: a "*" path
+        # contains "#initerror"). An update would clear the errors without any health check and the
+        # healthy old container, pending delete, would then be removed: a failed release would
+        # replace a healthy one. Replacing again waits for health first, and the old one is only
+        # deleted after a replacement turns healthy.
+        replace_on_changes=["healthcheck"] if spec.lifecycle == "stateful" else ["*"],
     )
+    health = {key: canonical_duration(value) if isinstance(value, str) else value for key, value in spec.health.items()}
     return docker.Container(
         name,
         name=spec.fixed_name,
+        hostname=spec.hostname,
         image=spec.image.image_id,
         user=spec.user,
         read_only=True,
@@ -91,7 +109,7 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         security_opts=["no-new-privileges:true"],
         memory=spec.memory_bytes // MiB,
         memory_swap=spec.memory_bytes // MiB,  # equal to memory: no swap, an OOM is loud not slow
-        cpus=f"{spec.cpus:g}",
+        cpus=canonical_cpus(spec.cpus),
         init=True,
         restart="unless-stopped",
         log_driver="json-file",
@@ -107,18 +125,56 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
             docker.ContainerVolumeArgs(volume_name=m.volume_name, container_path=m.container_path, read_only=m.read_only)
             for m in spec.mounts
         ] or None,
-        uploads=[
-            docker.ContainerUploadArgs(file=u.path, content=u.content, permissions=u.permissions,
-                                       owner=u.owner.split(":")[0], group=u.owner.split(":")[1])
-            for u in spec.uploads
-        ] or None,
-        healthcheck=docker.ContainerHealthcheckArgs(tests=spec.healthcheck, **spec.health),  # type: ignore[arg-type]
-        # `up` waits for the new container to turn healthy; a container that never does fails
-        # the update while the old one keeps serving.
+        shm_size=spec.shm_size_bytes // MiB if spec.shm_size_bytes else None,
+        healthcheck=docker.ContainerHealthcheckArgs(tests=spec.healthcheck, **health),  # type: ignore[arg-type]
+        # `up` waits for the new container to turn healthy; a container that never does fails the
+        # update. A stateless one's predecessor keeps running (create-first); a store's is already
+        # gone (stop-first), so a store upgrade is a maintenance window (README).
         wait=True,
         wait_timeout=spec.deploy_timeout_seconds,
         labels=label_args,
         opts=pulumi.ResourceOptions.merge(opts, replacement),
+    )
+
+
+def volume_seed(name: str, *, image: docker.RemoteImage, volume: pulumi.Input[str], mount: str,
+                uploads: Sequence[Upload], stack: str, opts: pulumi.ResourceOptions) -> docker.Container:
+    """Files for a read-only container, written into its volume by a container that never starts.
+
+    pulumi-docker uploads by extracting a tar at "/" (kreuzwerker/terraform-provider-docker
+    v4.5.0 resource_docker_container_funcs.go, resourceDockerContainerCreate: `dstPath := "/"`,
+    `client.CopyToContainer(ctx, retContainer.ID, dstPath, ...)`), and the daemon judges the
+    extraction directory, not the entries: "/" on a read-only root is refused with "container
+    rootfs is marked read-only" (moby v20.10 daemon/archive.go, containerExtractToDir:
+    `if !toVolume && container.HostConfig.ReadonlyRootfs`). This container has a writable root and
+    the volume mounted, so the tar lands in the volume; it is created, never started
+    (`start: false`), and `must_run: false` keeps the provider's Read from flagging it as
+    stopped (funcs.go resourceDockerContainerRead: "container is stopped but must_run is
+    configured as true"). Secrets stay off command lines, environments and `docker inspect`.
+    """
+    if not uploads:
+        raise ValueError(f"{name}: nothing to seed")
+    return docker.Container(
+        name,
+        image=image.image_id,
+        start=False,
+        must_run=False,
+        read_only=False,  # the point: the extraction directory "/" must be writable
+        network_mode="none",
+        restart="no",
+        capabilities=docker.ContainerCapabilitiesArgs(drops=["ALL"]),
+        security_opts=["no-new-privileges:true"],
+        labels=[docker.ContainerLabelArgs(label=k, value=v) for k, v in sorted(
+            {"com.mysaaschat.lifecycle": "seed", "com.mysaaschat.stack": stack}.items())],
+        volumes=[docker.ContainerVolumeArgs(volume_name=volume, container_path=mount)],
+        uploads=[
+            docker.ContainerUploadArgs(file=u.path, content=u.content, permissions=u.permissions,
+                                       owner=u.owner.split(":")[0], group=u.owner.split(":")[1])
+            for u in uploads
+        ],
+        # Either order is safe for a container that never runs; create-first keeps the files in
+        # place until the new seed has rewritten them.
+        opts=pulumi.ResourceOptions.merge(opts, pulumi.ResourceOptions(delete_before_replace=False)),
     )
 
 

@@ -1,13 +1,16 @@
 """PostgreSQL, Redis and RabbitMQ: stateful containers whose data outlives every `up` and `destroy`.
 
 Each store gets a protected, retained named volume, a fixed container name and stop-first
-replacement (never two engines on one volume), sits only on the internal data network, and hands
-services a derived connection string. Passwords are delivered as files in a small volume, because
-the read-only root filesystem refuses uploads anywhere else.
+replacement (never two engines on one volume), a fixed host name, sits only on the internal data
+network, and hands services a derived connection string. Passwords and configs are files in a
+small per-store volume, written there by a never-started seed container (`volume_seed`: Docker
+refuses every upload into a read-only container); the store mounts that volume read-only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import operator
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +20,7 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
-from components.container import ContainerSpec, Mount, Upload, hardened_container
+from components.container import ContainerSpec, Mount, Upload, hardened_container, volume_seed
 from components.host import Host
 from config import Environment
 from render import datastores as r
@@ -38,6 +41,7 @@ class Recipe:
     envs: dict[str, str]
     command: list[str] | None = None
     tmpfs: tuple[str, ...] = ("/tmp",)
+    shm_size: int | None = None
     files: Callable[[str], dict[str, str]] = field(default=lambda pw: {})
     url: Callable[[str, str], str] = field(default=lambda pw, service: "")
 
@@ -49,6 +53,9 @@ def postgres_recipe(env: Environment) -> Recipe:
         kind="postgres", user="70:70", port=5432, data_path="/var/lib/postgresql/data",
         image=spec.image.reference, cpus=spec.cpu, memory=spec.memory, healthcheck=r.POSTGRES_HEALTHCHECK,
         command=r.postgres_command(spec), tmpfs=("/tmp", "/var/run/postgresql"),
+        # Parallel queries allocate dynamic shared memory in /dev/shm; Docker's 64 MiB default makes
+        # them fail with "could not resize shared memory segment". A quarter of the container's memory.
+        shm_size=max(64 * 1024 * 1024, spec.memory // 4 // (1024 * 1024) * 1024 * 1024),
         envs={"POSTGRES_USER": spec.user, "POSTGRES_DB": spec.database, "POSTGRES_PASSWORD_FILE": pw_file,
               "PGDATA": "/var/lib/postgresql/data/pgdata",
               # Password auth on loopback and the socket too, so the healthcheck proves the password.
@@ -87,6 +94,11 @@ def rabbitmq_recipe(env: Environment) -> Recipe:
 # First start of an empty Postgres runs initdb before listening: give it a minute.
 STORE_HEALTH: dict[str, str | int] = {"interval": "10s", "timeout": "5s", "retries": 5, "start_period": "60s"}
 
+# A fixed-name volume cannot exist twice: a replacement must delete the old one first (create-first
+# would fail with "volume name already in use"). The data volumes are protected, so the engine
+# refuses to replace them at all.
+FIXED_NAME = pulumi.ResourceOptions(delete_before_replace=True)
+
 TOKENS = {"postgres": "my-saas-chat:data:Postgres", "redis": "my-saas-chat:data:Redis",
           "rabbitmq": "my-saas-chat:data:RabbitMQ"}
 RECIPES = {"postgres": postgres_recipe, "redis": redis_recipe, "rabbitmq": rabbitmq_recipe}
@@ -114,28 +126,38 @@ class DataStore(pulumi.ComponentResource):
         image = docker.RemoteImage(f"{kind}-image", name=recipe.image, keep_locally=True, opts=docker_opts)
         data = docker.Volume(f"{kind}-data", name=f"mysaaschat-{env.stack}-{kind}-data",
                              labels=[docker.VolumeLabelArgs(label="com.mysaaschat.stack", value=env.stack)],
-                             opts=pulumi.ResourceOptions.merge(docker_opts, keep))
-        secrets = docker.Volume(f"{kind}-secrets", name=f"mysaaschat-{env.stack}-{kind}-secrets", opts=docker_opts)
-        files = self.password.apply(recipe.files)
+                             opts=pulumi.ResourceOptions.merge(pulumi.ResourceOptions.merge(docker_opts, keep), FIXED_NAME))
+        secrets = docker.Volume(f"{kind}-secrets", name=f"mysaaschat-{env.stack}-{kind}-secrets",
+                                opts=pulumi.ResourceOptions.merge(docker_opts, FIXED_NAME))
+        files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(self.password.apply(recipe.files))  # type: ignore[arg-type]
         uploads: Sequence[Upload] = [
             Upload(path=path, owner=recipe.user, content=pulumi.Output.secret(files.apply(operator.itemgetter(path))))
             # The file names do not depend on the password; the list must exist before it resolves.
             for path in sorted(recipe.files(""))
         ]
+        seed = volume_seed(f"{kind}-files", image=image, volume=secrets.name, mount=r.SECRETS_DIR, uploads=uploads,
+                           stack=env.stack, opts=docker_opts)
         self.container = hardened_container(
             kind,
             ContainerSpec(
                 service=kind, image=image, user=recipe.user, cpus=recipe.cpus, memory_bytes=recipe.memory,
                 healthcheck=recipe.healthcheck, health=STORE_HEALTH, networks=[args.network],
                 envs=[f"{k}={v}" for k, v in sorted(recipe.envs.items())], command=recipe.command,
-                tmpfs=recipe.tmpfs, uploads=uploads, lifecycle="stateful",
+                tmpfs=recipe.tmpfs, lifecycle="stateful", hostname=kind, shm_size_bytes=recipe.shm_size,
                 fixed_name=f"mysaaschat-{env.stack}-{kind}", stop_grace_seconds=60, deploy_timeout_seconds=300,
-                mounts=[Mount(data.name, recipe.data_path), Mount(secrets.name, r.SECRETS_DIR)],
+                mounts=[Mount(data.name, recipe.data_path), Mount(secrets.name, r.SECRETS_DIR, read_only=True)],
+                # Labels force replacement: a changed password or config restarts the store on the
+                # new files (a running Redis or RabbitMQ never rereads them).
+                labels={"com.mysaaschat.files-sha256": files.apply(_digest)},
             ),
             env.stack,
-            docker_opts,
+            pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(depends_on=[seed])),
         )
         self.register_outputs({"container": self.container.name})
 
     def url_for(self, service: str) -> pulumi.Output[str]:
         return pulumi.Output.secret(self.password.apply(lambda pw: self._recipe.url(pw, service)))
+
+
+def _digest(files: dict[str, str]) -> str:
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()

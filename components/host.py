@@ -62,7 +62,6 @@ class Host(pulumi.ComponentResource):
             owners=host.ami.owners, most_recent=True, opts=invoke,
             filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[host.ami.name]),
                      aws.ec2.GetAmiFilterArgs(name="architecture", values=[host.ami.architecture])])
-        identity, region = aws.get_caller_identity_output(opts=invoke), aws.get_region_output(opts=invoke)
 
         group = aws.ec2.SecurityGroup(
             f"{name}-sg", vpc_id=vpc.id, description=f"my-saas-chat {env.stack}: web to all, SSH to admins", tags=tags,
@@ -87,13 +86,18 @@ class Host(pulumi.ComponentResource):
         key_pair = aws.ec2.KeyPair(f"{name}-admin-key", public_key=host.ssh_public_key, tags=tags, opts=self._child())
         role = aws.iam.Role(
             f"{name}-role", tags=tags,
+            # iam/role.go stores `structure.NormalizeJsonString`: compact, every key sorted.
             assume_role_policy=json.dumps({"Version": "2012-10-17", "Statement": [
-                {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"}}]}),
-            inline_policies=[aws.iam.RoleInlinePolicyArgs(
-                name="least-privilege",
-                policy=pulumi.Output.all(identity.account_id, region.region).apply(
-                    lambda ids: host_policy(env, account=ids[0], region=ids[1])))],
+                {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"}}]},
+                sort_keys=True, separators=(",", ":")),
             opts=self._child())
+        statements = host_statements(env)
+        if statements:
+            # A policy of its own: `inline_policies` is deprecated in pulumi-aws 7, and a Role that
+            # sets it owns every inline policy exclusively (terraform-provider-aws iam/role.go).
+            # IAM refuses a policy without statements, hence none at all then.
+            aws.iam.RolePolicy(f"{name}-role-policy", role=role.id, name="least-privilege",
+                               policy=policy_json(statements), opts=self._child())
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=self._child())
         user_data: pulumi.Output[str] = pulumi.Output.all(data.id, host_key.private_key_openssh, host_key.public_key_openssh).apply(
             lambda v: render_user_data(data_volume_id=v[0], host_private_key=v[1], host_public_key=v[2].strip(),
@@ -114,6 +118,9 @@ class Host(pulumi.ComponentResource):
                 # A newer AMI or edited user data must not replace the host (and stop the product) on
                 # an unrelated `up`; rolling the host is explicit: `pulumi up --replace <instance urn>`.
                 ignore_changes=["ami", "userData"],
+                # pulumi-aws 7 stores user data in clear text (terraform-provider-aws v6 upgrade
+                # guide: "no longer applies hashing"); it carries the host key, so the output is secret.
+                additional_secret_outputs=["userData"],
                 # The data volume and the address can belong to one instance at a time.
                 delete_before_replace=True))
         aws.ec2.VolumeAttachment(f"{name}-data-attachment", device_name="/dev/sdf", volume_id=data.id,
@@ -126,7 +133,8 @@ class Host(pulumi.ComponentResource):
             connection=command.remote.ConnectionArgs(
                 host=eip.public_ip, user=host.ssh_user, host_key=known_host,
                 private_key=pulumi.Output.secret(host.ssh_private_key) if host.ssh_private_key else None,
-                dial_error_limit=60, per_dial_timeout=10),
+                # port stated: pulumi-command stores the inferred default (remote/connection.go).
+                port=22, dial_error_limit=60, per_dial_timeout=10),
             # Explicit in the graph: nothing touches Docker before cloud-init finished, the data
             # volume is mounted and the engine answers.
             create=f"cloud-init status --wait >/dev/null; for i in $(seq 1 120); do mountpoint -q {DATA_MOUNT} "
@@ -161,15 +169,18 @@ def ssh_options(host_public_key: str, extra: list[str]) -> list[str]:
     ]
 
 
-def host_policy(env: Environment, *, account: str, region: str) -> str:
-    """Least privilege: read the stack's own secrets, write (never read or delete) its backup prefix."""
-    statements: list[dict[str, object]] = []
-    if env.secrets:
-        statements.append({
-            "Effect": "Allow", "Action": ["secretsmanager:GetSecretValue"],
-            "Resource": sorted(f"arn:aws:secretsmanager:{region}:{account}:secret:{sid}-??????"
-                               for sid in env.secrets.values())})
-    if env.host.backup_bucket:
-        statements.append({"Effect": "Allow", "Action": ["s3:PutObject"],
-                           "Resource": [f"arn:aws:s3:::{env.host.backup_bucket}/{env.stack}/*"]})
-    return json.dumps({"Version": "2012-10-17", "Statement": statements}, sort_keys=True)
+def host_statements(env: Environment) -> list[dict[str, object]]:
+    """Least privilege: the host writes (never reads or deletes) its stack's backup prefix, and
+    nothing else. It reads no secret: the program reads Secrets Manager at `up`, with the
+    operator's credentials, and hands values to containers."""
+    if not env.host.backup_bucket:
+        return []
+    return [{"Effect": "Allow", "Action": ["s3:PutObject"],
+             "Resource": [f"arn:aws:s3:::{env.host.backup_bucket}/{env.stack}/*"]}]
+
+
+def policy_json(statements: list[dict[str, object]]) -> str:
+    """An IAM policy in the form terraform-provider-aws stores (iam/role_policy.go `StateFunc:
+    verify.LegacyPolicyNormalize`: compact, sorted keys, "Version" moved first), so the state and
+    the input are byte-identical, not merely equivalent."""
+    return '{"Version":"2012-10-17","Statement":' + json.dumps(statements, sort_keys=True, separators=(",", ":")) + "}"

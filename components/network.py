@@ -31,7 +31,10 @@ class Networks(pulumi.ComponentResource):
             return docker.Network(
                 f"{name}-{role}", name=f"mysaaschat-{stack}-{role}", driver="bridge", internal=internal,
                 labels=[docker.NetworkLabelArgs(label="com.mysaaschat.stack", value=stack)],
-                opts=args.host.docker_opts(self))
+                # A fixed name exists once: create-first replacement would fail ("network with name
+                # ... already exists"), so the old network goes first (its containers with it).
+                opts=pulumi.ResourceOptions.merge(args.host.docker_opts(self),
+                                                  pulumi.ResourceOptions(delete_before_replace=True)))
 
         self.data = network("data", internal=True)
         self.apps = network("apps", internal=True)

@@ -43,6 +43,8 @@ class Registration:
     ignore_changes: list[str]
     inputs: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
+    # False when the program left the choice to the provider (pulumi-docker: delete first).
+    delete_before_replace_defined: bool = False
 
 
 @dataclass
@@ -166,6 +168,7 @@ class StrictMonitor(mocks.MockMonitor):
             property_dependencies={k: sorted(v.urns) for k, v in sorted(request.propertyDependencies.items())},
             protect=bool(request.protect), retain_on_delete=bool(request.retainOnDelete),
             delete_before_replace=bool(request.deleteBeforeReplace),
+            delete_before_replace_defined=bool(request.deleteBeforeReplaceDefined),
             replace_on_changes=sorted(request.replaceOnChanges), ignore_changes=sorted(request.ignoreChanges),
             inputs=inputs)
         args = mocks.MockResourceArgs(typ=request.type, name=request.name, inputs=inputs, provider=request.provider,

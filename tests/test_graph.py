@@ -13,10 +13,44 @@ CONTAINER = "docker:index/container:Container"
 STORES = {"postgres", "redis", "rabbitmq"}
 
 
+def _lifecycle(reg: Registration) -> str:
+    return next(lbl["value"] for lbl in reg.inputs["labels"] if lbl["label"] == "com.mysaaschat.lifecycle")
+
+
 def containers(rec: Recording) -> list[Registration]:
-    found = [r for r in rec.resources.values() if r.type == CONTAINER]
+    """The containers that run (services and stores), not the never-started seeds."""
+    found = [r for r in rec.resources.values() if r.type == CONTAINER and _lifecycle(r) != "seed"]
     assert len(found) == len(rec.env.services) + len(STORES)
     return found
+
+
+def seeds(rec: Recording) -> list[Registration]:
+    return [r for r in rec.resources.values() if r.type == CONTAINER and _lifecycle(r) == "seed"]
+
+
+def test_no_upload_targets_a_read_only_container(rec: Recording) -> None:
+    """Docker refuses every upload into a read-only container: the provider extracts its tar at "/"
+    and moby checks that directory, not the entries (daemon/archive.go containerExtractToDir:
+    `!toVolume && ReadonlyRootfs` -> "container rootfs is marked read-only")."""
+    for c in rec.resources.values():
+        if c.type == CONTAINER and c.inputs.get("uploads"):
+            assert c.inputs.get("readOnly") is not True, c.name
+
+
+def test_seeds_never_run_and_hold_no_privilege(rec: Recording) -> None:
+    assert {s.name for s in seeds(rec)} == {f"{k}-files" for k in STORES}
+    for s in seeds(rec):
+        i = s.inputs
+        assert i["start"] is False and i["mustRun"] is False and i["restart"] == "no", s.name
+        assert i["networkMode"] == "none" and "networksAdvanced" not in i, s.name
+        assert i["capabilities"] == {"drops": ["ALL"]} and i["securityOpts"] == ["no-new-privileges:true"], s.name
+        assert i["uploads"] and all(u["permissions"] == "0400" for u in i["uploads"]), s.name
+    for store in (c for c in containers(rec) if c.name in STORES):
+        seed = next(s for s in seeds(rec) if s.name == f"{store.name}-files")
+        assert seed.urn in store.dependencies, store.name  # the files exist before the store starts
+        seeded = {v["volumeName"] for v in seed.inputs["volumes"]}
+        mounted = {v["volumeName"]: v for v in store.inputs["volumes"]}
+        assert seeded <= set(mounted) and all(mounted[v]["readOnly"] for v in seeded), store.name
 
 
 def plain(value: Any) -> Any:
@@ -74,12 +108,18 @@ def test_stateful_volumes_are_protected_and_retained(rec: Recording) -> None:
 
 def test_replacement_strategy(rec: Recording) -> None:
     for c in containers(rec):
-        assert c.replace_on_changes == ["healthcheck"], c.name
+        # Explicit either way: pulumi-docker defaults containers to delete-before-replace.
+        assert c.delete_before_replace_defined, c.name
         if c.name in STORES:
-            # Never two writers on one volume: fixed name, stop first.
+            assert c.replace_on_changes == ["healthcheck"], c.name
+            # Never two writers on one volume: fixed name, stop first. A fixed host name keeps the
+            # store's identity: RabbitMQ's node (and Mnesia directory) is rabbit@<hostname>.
             assert c.delete_before_replace and c.inputs["name"] == f"mysaaschat-{rec.stack}-{c.name}"
+            assert c.inputs["hostname"] == c.name
         else:
-            # Start-first: no fixed name, wait for healthy, old one removed after.
+            # Start-first: no fixed name, wait for healthy, old one removed after. "*" also makes the
+            # engine replace, not update, a container left with init errors by a failed wait.
+            assert c.replace_on_changes == ["*"], c.name
             assert not c.delete_before_replace and "name" not in c.inputs, c.name
             assert c.inputs["wait"] is True and c.inputs["waitTimeout"] >= 10, c.name
 
@@ -145,7 +185,22 @@ def test_host_wave_depth_fits_the_target() -> None:
     from bench.waves import waves
     from tests.conftest import recording
 
-    assert len(waves(recording("prod"))) <= 7
+    rec = recording("prod")
+    result = waves(rec)
+    # Eight steps: the seed containers (a create and an upload, no start) sit between the volumes
+    # and the stores. What takes time is waiting for health: stores, then services, two waves.
+    assert len(result) <= 8
+    # Along any dependency chain, at most two health waits follow one another.
+    memo: dict[str, int] = {}
+
+    def waits(urn: str) -> int:
+        if urn not in memo:
+            reg = rec.resources[urn]
+            deps = [d for d in reg.dependencies if d in rec.resources]
+            memo[urn] = int(bool(reg.inputs.get("wait"))) + max((waits(d) for d in deps), default=0)
+        return memo[urn]
+
+    assert max(waits(urn) for urn in rec.resources) == 2
 
 
 def test_host_role_is_least_privilege() -> None:
@@ -156,14 +211,12 @@ def test_host_role_is_least_privilege() -> None:
     rec = recording("prod")
     role = next(r for r in rec.resources.values() if r.type == "aws:iam/role:Role")
     assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
-    [inline] = role.inputs["inlinePolicies"]
-    statements = json.loads(inline["policy"])["Statement"]
-    by_action = {tuple(s["Action"]): s["Resource"] for s in statements}
-    assert set(by_action) == {("secretsmanager:GetSecretValue",), ("s3:PutObject",)}
-    assert by_action[("s3:PutObject",)] == ["arn:aws:s3:::mysaaschat-backups/prod/*"]
-    secret_arns = by_action[("secretsmanager:GetSecretValue",)]
-    assert len(secret_arns) == len(rec.env.secrets)
-    assert all(":secret:prod/my-saas-chat/" in arn and "*" not in arn.split(":secret:")[1].rstrip("?-") for arn in secret_arns)
+    assert "inlinePolicies" not in role.inputs  # deprecated in pulumi-aws 7; a RolePolicy instead
+    [policy] = [r for r in rec.resources.values() if r.type == "aws:iam/rolePolicy:RolePolicy"]
+    statements = json.loads(policy.inputs["policy"])["Statement"]
+    # The host writes its backup prefix and nothing else: secrets are read at `up` by the operator.
+    assert statements == [{"Action": ["s3:PutObject"], "Effect": "Allow",
+                           "Resource": ["arn:aws:s3:::mysaaschat-backups/prod/*"]}]
     assert not role.inputs.get("managedPolicyArns")
 
 

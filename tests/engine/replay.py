@@ -88,7 +88,13 @@ class Replay:
     images: Mapping[str, str]  # logical image (postgres, redis, rabbitmq, stub) -> local tag
     containers: dict[str, Live] = field(default_factory=dict)  # by resource name
     log: list[str] = field(default_factory=list)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic time, event, container)
+    healthy_after: dict[str, float] = field(default_factory=dict)  # resource name -> seconds from start
     on_wait: Callable[[str], None] | None = None
+
+    def _event(self, event: str, name: str) -> None:
+        self.events.append((time.monotonic(), event, name))
+        self.log.append(f"{event} {name}")
 
     # --- what to replay ------------------------------------------------------------------
 
@@ -201,10 +207,10 @@ class Replay:
                 raise ReplayError(reg.name, f"upload {upload['file']}", str(error.explanation or error)) from None
         # container_funcs: `if d.Get("start").(bool) { ContainerStart ...; if d.Get("wait") ... }`.
         if not i.get("start", True):
-            self.log.append(f"created {name} (never started)")
+            self._event("created (never started)", name)
             return live
         api.start(cid)
-        self.log.append(f"started {name}")
+        self._event("started", name)
         if i.get("wait"):
             self.wait_healthy(live, float(i.get("waitTimeout", 60)))
         return live
@@ -219,7 +225,8 @@ class Replay:
                 self.on_wait(live.name)
             if status == "healthy":
                 elapsed = time.monotonic() - start
-                self.log.append(f"{live.name} healthy after {elapsed:.1f} s")
+                self._event("healthy", live.name)
+                self.healthy_after[live.reg.name] = elapsed
                 return elapsed
             if time.monotonic() - start > timeout:
                 logs = self.client.api.logs(live.id, tail=30).decode(errors="replace")
@@ -232,10 +239,16 @@ class Replay:
     def delete(self, live: Live) -> None:
         """resourceDockerContainerDelete: stop with destroy_grace_seconds, then force-remove."""
         grace = int(plain(live.reg.inputs).get("destroyGraceSeconds", 0) or 0)
-        if grace:
-            self.client.api.stop(live.id, timeout=grace)
+        self._event("stopping", live.name)
+        # TP funcs.go Delete: ContainerStop with destroy_grace_seconds (0 when unset: an immediate
+        # kill), then ContainerRemove{RemoveVolumes, Force: true}.
+        self.client.api.stop(live.id, timeout=grace)
         self.client.api.remove_container(live.id, force=True, v=True)
-        self.log.append(f"deleted {live.name}")
+        self._event("removed", live.name)
+
+    def running(self) -> dict[str, Live]:
+        """The containers that run (the never-started seeds excluded), by resource name."""
+        return {n: c for n, c in self.containers.items() if plain(c.reg.inputs).get("start", True)}
 
     def replace(self, name: str, *, image: str) -> Live:
         """A replacement as the engine orders it: create-before-delete unless deleteBeforeReplace."""
