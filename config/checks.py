@@ -15,7 +15,8 @@ from decimal import Decimal, InvalidOperation
 import idna
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
-_SIZE = re.compile(r"^(\d+)(Ki|Mi|Gi|Ti)$")
+# A decimal such as 1.5Gi is accepted (Kubernetes writes sizes so) when it is a whole number of bytes.
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)(Ki|Mi|Gi|Ti)$")
 _UNIT = {"Ki": KiB, "Mi": MiB, "Gi": GiB, "Ti": TiB}
 
 
@@ -32,7 +33,10 @@ def parse_size(value: object) -> int:
     match = _SIZE.match(value.strip())
     if not match:
         raise ValueError(f"{value!r} is not a size: use a whole number with Ki, Mi or Gi (512Mi, 2Gi)")
-    return int(match.group(1)) * _UNIT[match.group(2)]
+    size = Decimal(match.group(1)) * _UNIT[match.group(2)]
+    if size != size.to_integral_value():
+        raise ValueError(f"{value!r} is not a whole number of bytes; write it in a smaller unit (1536Mi, not 1.5Gi)")
+    return int(size)
 
 
 def size_in(value: object, *, unit: int, minimum: int, maximum: int | None, consumer: str) -> int:
@@ -315,7 +319,7 @@ def ssh_public_key(value: str) -> str:
 
 
 def aws_region(value: str) -> str:
-    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+", value):
+    if not re.fullmatch(r"[a-z]{2,}(-[a-z]+)+-\d+", value):  # also eusc-de-east-1, us-gov-west-1
         raise ValueError(f"{value!r} is not an AWS region name (eu-west-1, us-east-1)")
     return value
 
@@ -323,7 +327,7 @@ def aws_region(value: str) -> str:
 def availability_zone(value: str) -> str:
     if re.fullmatch(r"[a-z]{2,5}\d-az\d+", value):
         raise ValueError(f"{value!r} is a zone ID; give the zone name (eu-west-1a)")
-    if not re.fullmatch(r"[a-z]{2}(-[a-z]+)+-\d+([a-z]|-[a-z0-9-]*[a-z0-9])", value):
+    if not re.fullmatch(r"[a-z]{2,}(-[a-z]+)+-\d+([a-z]|-[a-z0-9-]*[a-z0-9])", value):
         raise ValueError(f"{value!r} is not an availability zone name (the region and a letter: eu-west-1a)")
     return value
 

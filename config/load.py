@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import functools
 import importlib.util
 import json
 import os
@@ -320,7 +321,12 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
     layers.apply(extra, catalog_file)
     layers.apply(shared_data, shared_file)
 
-    stack_values = {k: v for k, v in stack_input.values.items() if ":" not in k}
+    stack_values = {k: v for k, v in stack_input.values.items() if ":" not in k and "." not in k}
+    for key in sorted(k for k in stack_input.values if ":" not in k and "." in k):
+        # Pulumi keeps `my-saas-chat:host.kind` as one flat key; it never reaches host.kind.
+        head = key.split(".")[0]
+        problems.append(Problem(stack_file, key, f"is one flat key, not a path: nest it under my-saas-chat:{head} "
+                                "(pulumi config set --path writes it so)"))
     foreign = {k: v for k, v in stack_input.values.items() if ":" in k}
     problems.extend(Problem(stack_file, key.lstrip(":"), message) for key, message in _namespace_problems(foreign))
     region = foreign.get("aws:region")
@@ -390,6 +396,7 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
     return env
 
 
+@functools.cache
 def _aws_settings() -> frozenset[str]:
     """The aws provider's settings, read from the installed SDK (its config module lists them)."""
     spec = importlib.util.find_spec("pulumi_aws")
@@ -409,6 +416,9 @@ def _namespace_problems(foreign: Mapping[str, Any]) -> Iterator[tuple[str, str]]
     aws_settings = _aws_settings()
     for key in sorted(foreign):
         namespace, _, name = key.partition(":")
+        if namespace == PROJECT:
+            yield key, "has no key name after my-saas-chat:"
+            continue
         top = name.split(".")[0]
         close = [top] if top in fields else difflib.get_close_matches(top, fields, 1)
         ours = f"did you mean {PROJECT}:{close[0]}?" if close else f"this program reads only {PROJECT}: keys"
