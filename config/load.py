@@ -363,7 +363,10 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
             problems.append(Problem(stack_file, f"services.{name}.{key}", "is a catalog fact (config/catalog.yaml); "
                                     f"a stack may override only {', '.join(sorted(STACK_SERVICE_KEYS))}"))
         layers.apply({k: v for k, v in override.items() if k in STACK_SERVICE_KEYS}, stack_file, ("services", name))
-    layers.apply(stack_values, stack_file)
+    for file, data in ((catalog_file, extra), (shared_file, shared_data), (stack_file, stack_values)):
+        if "stack" in data:  # it would be overwritten below without a word
+            problems.append(Problem(file, "stack", "is the stack's name, taken from the stack file's name; remove it"))
+    layers.apply({k: v for k, v in stack_values.items() if k != "stack"}, stack_file)
     layers.apply({"stack": stack_input.stack}, stack_file)
 
     image_tag = stack_values.get("image_tag")

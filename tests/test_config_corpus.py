@@ -265,6 +265,10 @@ INVALID: list[Case] = [
     ("aws-typo", stack("aws:regoin", "eu-west-1"), S, "aws:regoin", "did you mean aws:region"),
     ("project-key-under-aws", stack("aws:domain", "x.example.com"), S, "aws:domain", "did you mean my-saas-chat:domain"),
     ("docker-provider-key", stack("docker:host", "ssh://admin@host"), S, "docker:host", "ignored"),
+    ("stack-name-as-setting", stack("stack", "production"), S, "stack", "stack's name"),
+    ("typo-in-shared-default", shared("defaults.usr", "1001:1001"), SH, "defaults.usr", "did you mean user"),
+    ("typo-in-healthcheck-override", stack("services.chat-service.healthcheck.intervl", "5s"), S,
+     "services.chat-service.healthcheck.intervl", "did you mean interval"),
     ("dotted-flat-key", bare(P + "host.instance_type", "t3.large"), S, "host.instance_type", "nest it under my-saas-chat:host"),
     ("namespace-without-name", bare(P, "x"), S, P, "no key name"),
 
