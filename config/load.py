@@ -38,6 +38,8 @@ STACK_SERVICE_KEYS = frozenset({"image", "cpu", "memory", "env", "deploy_timeout
 # Secrets Manager and are referenced from the catalog.
 SECRET_CONFIG_KEYS = frozenset({"host.ssh_private_key"})
 SECRET_PLACEHOLDER = "secure-config-placeholder"
+# Top-level settings that config/shared.yaml holds for every stack.
+SHARED_KEYS = frozenset({"env", "gateway", "postgres", "redis", "rabbitmq"})
 
 Path_ = tuple[str, ...]
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 1000-service catalogs
@@ -291,8 +293,10 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
     problems: list[Problem] = []
     catalog_data, shared_data = _read_yaml(catalog), _read_yaml(shared)
     catalog_file, shared_file, stack_file = _display(catalog), _display(shared), stack_input.file
-    # A missing key is named in the file where it belongs: a service's in the catalog, the rest in the stack.
-    layers = _Layers(lambda path: catalog_file if path[:1] == ("services",) else stack_file)
+    # A missing key is named in the file where it belongs: services in the catalog, settings shared by
+    # every stack in shared.yaml, the rest (domain, host, secrets, ...) in the stack file.
+    home = {"services": catalog_file, **dict.fromkeys(SHARED_KEYS, shared_file)}
+    layers = _Layers(lambda path: home.get(path[0], stack_file) if path else stack_file)
     rank = {shared_file: 1, catalog_file: 2, stack_file: 3}
 
     defaults = shared_data.pop("defaults", {})
@@ -385,6 +389,9 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
             if services_broken and loc[:1] == ("services",):
                 continue  # already reported where the catalog's services should be
             where = layers.where(loc)
+            if error["type"] == "missing" and loc[0] in SHARED_KEYS and loc[0] not in shared_data:
+                # The section itself is missing from shared.yaml; a stack's partial override does not make it whole.
+                where, error = (shared_file, loc[0]), {**error, "loc": loc[:1]}
             if where[0] == stack_file and any(where[1] == s or where[1].startswith(s + ".") for s in refused_secrets):
                 continue  # the encrypted placeholder is not the value: the refused secret is the one problem
             problems.append(Problem(*where, _message(error, loc)))
