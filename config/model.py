@@ -6,6 +6,7 @@ docs/configuration.md, and a test fails when that file is stale.
 
 from __future__ import annotations
 
+import re
 from functools import partial
 from typing import Annotated, Literal
 
@@ -23,6 +24,15 @@ RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-rando
 _NAME = r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$"
 _SSH_OPTIONS = {"identityfile", "identitiesonly", "identityagent", "serveraliveinterval", "serveralivecountmax",
                 "connecttimeout", "connectionattempts", "compression", "controlmaster", "controlpath", "controlpersist"}
+# Options components/host.py passes before the configured ones (ssh keeps the first value).
+_SSH_PRESET = {"serveraliveinterval": "ServerAliveInterval=15", "connecttimeout": "ConnectTimeout=20"}
+_SSH_TIME = r"\d+|(\d+[smhdwSMHDW])+"
+_SSH_VALUES = {
+    "identitiesonly": (r"yes|no", "yes or no"), "compression": (r"yes|no", "yes or no"),
+    "serveralivecountmax": (r"\d+", "a number"), "connectionattempts": (r"[1-9]\d*", "a number"),
+    "controlmaster": (r"yes|no|ask|auto|autoask", "yes, no, ask, auto or autoask"),
+    "controlpersist": (rf"yes|no|{_SSH_TIME}", "yes, no or a time (60, 60s, 10m)"),
+}
 # Store containers answer on the data network under these aliases; a service of the same name would
 # share the alias and receive some of the stores' connections.
 RESERVED_SERVICE_NAMES = frozenset({"postgres", "redis", "rabbitmq"})
@@ -180,6 +190,18 @@ class Host(Strict):
                 # Routing options (Port, ProxyJump, ...) would also have to reach the engine-ready wait,
                 # which connects on its own; only client-side options are accepted.
                 raise ValueError(f"{option!r} is not allowed; allowed: {', '.join(sorted(_SSH_OPTIONS))}")
+            if key in _SSH_PRESET:
+                # ssh keeps the first value it is given, and the program passes its own first.
+                raise ValueError(f"{option!r} would be ignored: the program already passes {_SSH_PRESET[key]} "
+                                 "and ssh keeps the first value")
+            value = option.split("=", 1)[1].strip()
+            form = _SSH_VALUES.get(key)
+            if not value or (form is not None and not re.fullmatch(form[0], value, re.IGNORECASE)):
+                raise ValueError(f"{option!r}: ssh expects {form[1] if form else 'a value'}")
+        keys = [o.split("=", 1)[0].strip().lower() for o in options]
+        repeated = sorted({k for k in keys if keys.count(k) > 1 and k != "identityfile"})
+        if repeated:
+            raise ValueError(f"{repeated[0]} is given twice; ssh would silently use the first")
         return options
 
 

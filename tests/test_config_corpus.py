@@ -386,6 +386,13 @@ INVALID: list[Case] = [
     ("secure-cidr-once", stack("host.admin_cidrs", [{"secure": "v1:abc"}]), S, "host.admin_cidrs.0", "only host.ssh_private_key"),
     ("private-key-plain", stack("host.ssh_private_key", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n"), S,
      "host.ssh_private_key", "--secret"),
+    ("ssh-option-preset", stack("host.ssh_options", ["ServerAliveInterval=30"]), S, "host.ssh_options",
+     "ssh keeps the first value"),
+    ("ssh-option-value", stack("host.ssh_options", ["ControlMaster=always"]), S, "host.ssh_options", "autoask"),
+    ("ssh-option-persist-time", stack("host.ssh_options", ["ControlPersist=1 minute"]), S, "host.ssh_options", "a time"),
+    ("ssh-option-empty", stack("host.ssh_options", ["IdentityFile="]), S, "host.ssh_options", "expects a value"),
+    ("ssh-option-twice", stack("host.ssh_options", ["ControlMaster=auto", "ControlMaster=no"]), S, "host.ssh_options",
+     "twice"),
     ("docker-host-on-ec2", stack("host.docker_host", "unix:///var/run/docker.sock"), S, "host.docker_host", "local only"),
 
     # The local host.
@@ -498,6 +505,9 @@ VALID: list[tuple[str, Mut, Callable[[Environment], object] | None]] = [
     ("tmpfs-nested", cat("services.frontend.tmpfs", ["/tmp", "/app/.next/cache", "/home/node/.npm"]), None),
     ("health-path-query", cat("services.frontend.health_path", "/healthz?full=1"), None),
     ("route-trailing-slash", cat("services.frontend.routes", [{"prefix": "/app/"}]), None),
+    ("ssh-options-client-side", stack("host.ssh_options", ["IdentityFile=~/.ssh/ops", "IdentityFile=~/.ssh/ops2",
+                                                         "IdentitiesOnly=yes", "ServerAliveCountMax=3", "ControlPersist=10m",
+                                                         "Compression=no", "ConnectionAttempts=3"]), None),
     ("local-ssh-endpoint", local(stack("host.docker_host", "ssh://me@devbox")), None),
     ("local-tcp-endpoint", local(stack("host.docker_host", "tcp://127.0.0.1:2376")), None),
     ("yaml-merge-key", text("stack", lambda t: t.replace("config:\n", "x-limits: &limits {cpu: 1.0}\nconfig:\n", 1).replace(
