@@ -28,6 +28,8 @@ def show_size(size: int) -> str:
 
 
 def parse_size(value: object) -> int:
+    if value is None:
+        raise ValueError("is empty (null); give a size such as 512Mi or 2Gi")
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"{value!r} is not a size: use a whole number with Ki, Mi or Gi (512Mi, 2Gi), as a string")
     match = _SIZE.match(value.strip())
@@ -61,6 +63,8 @@ _GO_MAX_NS = 2**63 - 1
 
 
 def go_duration_ns(value: object) -> int:
+    if value is None:
+        raise ValueError("is empty (null); give a duration such as 10s or 1m30s")
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"{value!r} is not a duration: write it as a string such as 10s, 1m30s or 500ms")
     if value == "0":
@@ -293,6 +297,8 @@ _SSH_KEY_TYPES = {"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-n
 
 
 def ssh_public_key(value: str) -> str:
+    if "PRIVATE KEY" in value:
+        raise ValueError("is a private key; give the public key (the one line of the .pub file) and never share the private one")
     fields = value.strip().split()
     if len(fields) < 2 or "\n" in value.strip():
         raise ValueError("is not one OpenSSH public key line (type, base64 key, optional comment)")

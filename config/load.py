@@ -286,7 +286,7 @@ def _stamp(path: Path) -> tuple[str, int, int]:
 
 
 def _null(what: str) -> str:
-    return f"is empty (null); give {what} or remove the key"
+    return f"is empty (null); give {what}"
 
 
 def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
@@ -300,7 +300,8 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
     rank = {shared_file: 1, catalog_file: 2, stack_file: 3}
 
     defaults = shared_data.pop("defaults", {})
-    if not isinstance(defaults, Mapping):
+    defaults_broken = not isinstance(defaults, Mapping)
+    if defaults_broken:
         problems.append(Problem(shared_file, "defaults", _null("settings for every service") if defaults is None
                                 else "must be a mapping of settings for every service"))
         defaults = {}
@@ -346,7 +347,8 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
     problems.extend(_private_key_problems(stack_values, stack_input, stack_file))
     stack_services = stack_values.pop("services", {})
     if not isinstance(stack_services, Mapping):
-        problems.append(Problem(stack_file, "services", _null("overrides per service") if stack_services is None
+        problems.append(Problem(stack_file, "services", _null("overrides per service, or remove the key")
+                                if stack_services is None
                                 else "must be a mapping of service name to overrides"))
         stack_services = {}
     for name, override in stack_services.items():
@@ -358,7 +360,7 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
                                     + (f" (did you mean {hint[0]}?)" if hint else "")))
             continue
         if not isinstance(override, Mapping):
-            problems.append(Problem(stack_file, f"services.{name}", _null("overrides") if override is None
+            problems.append(Problem(stack_file, f"services.{name}", _null("overrides, or remove the key") if override is None
                                     else "must be a mapping of overrides"))
             continue
         if not isinstance(services[name], Mapping):
@@ -388,13 +390,18 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
             loc = tuple(str(p) for p in error["loc"])
             if services_broken and loc[:1] == ("services",):
                 continue  # already reported where the catalog's services should be
+            if defaults_broken and loc[:1] == ("services",) and error["type"] == "missing":
+                continue  # what the shared defaults would give: the broken defaults are the one problem
             where = layers.where(loc)
             if error["type"] == "missing" and loc[0] in SHARED_KEYS and loc[0] not in shared_data:
                 # The section itself is missing from shared.yaml; a stack's partial override does not make it whole.
                 where, error = (shared_file, loc[0]), {**error, "loc": loc[:1]}
             if where[0] == stack_file and any(where[1] == s or where[1].startswith(s + ".") for s in refused_secrets):
                 continue  # the encrypted placeholder is not the value: the refused secret is the one problem
-            problems.append(Problem(*where, _message(error, loc)))
+            message = _message(error, loc)
+            if message.startswith("is empty (null)") and where[0] == stack_file:
+                message += ", or remove the key"
+            problems.append(Problem(*where, message))
         raise ConfigError(problems) from None
 
     for paths, message in check_environment(env, aws_region=region):
@@ -481,9 +488,10 @@ def _message(error: Any, loc: Path_) -> str:
                 "list_type": "a list"}.get(kind, "a value")
         return _null(what)
     if kind == "string_type" and type(value) in _KIND:
-        shown = json.dumps(value)
-        return (f"is {_KIND[type(value)]} {shown}, not a string (YAML reads unquoted numbers, yes/no, on/off and "
-                f"true/false that way); quote it: \"{shown}\"")
+        # YAML turned the unquoted text into a value (1.10 -> 1.1, yes -> true, 1001:1001 -> 61061):
+        # the original text is gone, so ask for it quoted.
+        return (f"YAML read the unquoted value as {_KIND[type(value)]} {json.dumps(value)}, not a string; "
+                "quote it as written (\"1.10\", \"yes\", \"1001:1001\")")
     if kind in {"dict_type", "model_type", "model_attributes_type"}:
         return f"must be a mapping, not {type(value).__name__} {value!r}"
     if kind == "list_type":

@@ -77,6 +77,28 @@ EnvName = Annotated[str, _check(checks.env_name)]
 LogicalSecret = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
 
 
+def _ssh_option(option: str) -> str:
+    key = option.split("=", 1)[0].strip().lower()
+    if "=" not in option or not key.isalpha():
+        raise ValueError(f"{option!r} is not an ssh option of the form Key=value")
+    if key in {"stricthostkeychecking", "userknownhostsfile", "knownhostscommand", "globalknownhostsfile",
+               "hostkeyalgorithms", "hostkeyalias"}:
+        raise ValueError(f"{option!r} would change host-key verification, which is pinned to the host's key")
+    if key not in _SSH_OPTIONS:
+        # Routing options (Port, ProxyJump, ...) would also have to reach the engine-ready wait,
+        # which connects on its own; only client-side options are accepted.
+        raise ValueError(f"{option!r} is not allowed; allowed: {', '.join(sorted(_SSH_OPTIONS))}")
+    if key in _SSH_PRESET:
+        # ssh keeps the first value it is given, and the program passes its own first.
+        raise ValueError(f"{option!r} would be ignored: the program already passes {_SSH_PRESET[key]} "
+                         "and ssh keeps the first value")
+    value = option.split("=", 1)[1].strip()
+    form = _SSH_VALUES.get(key)
+    if not value or (form is not None and not re.fullmatch(form[0], value, re.IGNORECASE)):
+        raise ValueError(f"{option!r}: ssh expects {form[1] if form else 'a value'}")
+    return option
+
+
 class Strict(BaseModel):
     """Every model forbids unknown keys: a typo is an error, never a silently ignored setting."""
 
@@ -166,7 +188,7 @@ class Host(Strict):
     admin_cidrs: list[Annotated[str, _check(checks.admin_cidr)]] = Field(
         default_factory=list, description="Who may reach SSH (22): IPv4 networks. Never 0.0.0.0/0.")
     ssh_user: Annotated[str, _check(checks.linux_user)] = "admin"
-    ssh_options: list[str] = Field(
+    ssh_options: list[Annotated[str, _check(_ssh_option)]] = Field(
         default_factory=list, description="Extra `ssh -o Key=value` options for the Docker provider, from an allow-list "
         "(identity, keep-alive, connection sharing); host-key checking stays pinned.")
     ssh_public_key: Annotated[str, _check(checks.ssh_public_key)] | None = Field(
@@ -178,28 +200,9 @@ class Host(Strict):
 
     @field_validator("ssh_options")
     @classmethod
-    def _no_host_key_overrides(cls, options: list[str]) -> list[str]:
-        for option in options:
-            key = option.split("=", 1)[0].strip().lower()
-            if "=" not in option or not key.isalpha():
-                raise ValueError(f"{option!r} is not an ssh option of the form Key=value")
-            if key in {"stricthostkeychecking", "userknownhostsfile", "knownhostscommand", "globalknownhostsfile",
-                       "hostkeyalgorithms", "hostkeyalias"}:
-                raise ValueError(f"{option!r} would change host-key verification, which is pinned to the host's key")
-            if key not in _SSH_OPTIONS:
-                # Routing options (Port, ProxyJump, ...) would also have to reach the engine-ready wait,
-                # which connects on its own; only client-side options are accepted.
-                raise ValueError(f"{option!r} is not allowed; allowed: {', '.join(sorted(_SSH_OPTIONS))}")
-            if key in _SSH_PRESET:
-                # ssh keeps the first value it is given, and the program passes its own first.
-                raise ValueError(f"{option!r} would be ignored: the program already passes {_SSH_PRESET[key]} "
-                                 "and ssh keeps the first value")
-            value = option.split("=", 1)[1].strip()
-            form = _SSH_VALUES.get(key)
-            if not value or (form is not None and not re.fullmatch(form[0], value, re.IGNORECASE)):
-                raise ValueError(f"{option!r}: ssh expects {form[1] if form else 'a value'}")
+    def _once_each(cls, options: list[str]) -> list[str]:
         keys = [o.split("=", 1)[0].strip().lower() for o in options]
-        repeated = sorted({k for k in keys if keys.count(k) > 1 and k != "identityfile"})
+        repeated = sorted({k for k in keys if keys.count(k) > 1 and k != "identityfile"})  # IdentityFile adds up
         if repeated:
             raise ValueError(f"{repeated[0]} is given twice; ssh would silently use the first")
         return options
