@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config import checks
-from config.model import Environment
+from config.model import Environment, Service
 from config.rules import check_environment
 
 PROJECT = "my-saas-chat"
@@ -365,9 +365,15 @@ def _load(stack_input: StackInput, catalog: Path, shared: Path) -> Environment:
             continue
         if not isinstance(services[name], Mapping):
             continue  # the catalog entry is reported
+        service_fields = sorted(Service.model_fields)
         for key in sorted(set(override) - STACK_SERVICE_KEYS):
-            problems.append(Problem(stack_file, f"services.{name}.{key}", "is a catalog fact (config/catalog.yaml); "
-                                    f"a stack may override only {', '.join(sorted(STACK_SERVICE_KEYS))}"))
+            allowed = f"a stack may override only {', '.join(sorted(STACK_SERVICE_KEYS))}"
+            if key in service_fields:
+                message = f"is a catalog fact (config/catalog.yaml); {allowed}"
+            else:
+                hint = difflib.get_close_matches(str(key), service_fields, 1)
+                message = "unknown key" + (f" (did you mean {hint[0]}?)" if hint else "") + f"; {allowed}"
+            problems.append(Problem(stack_file, f"services.{name}.{key}", message))
         layers.apply({k: v for k, v in override.items() if k in STACK_SERVICE_KEYS}, stack_file, ("services", name))
     for file, data in ((catalog_file, extra), (shared_file, shared_data), (stack_file, stack_values)):
         if "stack" in data:  # it would be overwritten below without a word
@@ -497,6 +503,8 @@ def _message(error: Any, loc: Path_) -> str:
     if kind == "list_type":
         one = " (write [item] for one item)" if isinstance(value, str) else ""
         return f"must be a list, not {type(value).__name__} {value!r}{one}"
+    if kind in {"int_parsing", "float_parsing", "int_type", "float_type"} and loc[-1].endswith("_seconds"):
+        return f"{value!r} is not a number of seconds (write 30, not 30s)"
     if kind in {"int_parsing", "float_parsing", "int_type", "float_type"}:
         return f"{value!r} is not a number" + (" (give cores as a number: 0.5, not Kubernetes millicores)"
                                                if isinstance(value, str) and value.endswith("m") and value[:-1].isdigit() else "")

@@ -283,6 +283,10 @@ INVALID: list[Case] = [
     ("shared-store-without-image", drop("shared", "postgres.image"), SH, "postgres.image", "is required"),
     ("bad-image-tag-once", stack("image_tag", "v1 .0"), S, "image_tag", "not a valid image tag"),
     ("stack-without-secrets", drop("stack", "secrets"), S, "secrets.app", "no Secrets Manager id", None),
+    ("stack-override-unknown-key", stack("services.chat-service.replicas", 2), S, "services.chat-service.replicas",
+     "unknown key"),
+    ("stack-override-typo", stack("services.chat-service.memroy", "1Gi"), S, "services.chat-service.memroy",
+     "did you mean memory"),
     ("catalog-unknown-key", cat("services.frontend.memroy", "1Gi"), C, "services.frontend.memroy", "did you mean memory"),
 
     # null where a mapping, list or value is expected.
@@ -315,6 +319,11 @@ INVALID: list[Case] = [
     ("cpu-below-docker", stack("services.chat-service.cpu", 0.001), S, "services.chat-service.cpu", "0.01"),
     ("retries-boolean", stack("services.chat-service.healthcheck.retries", True), S,
      "services.chat-service.healthcheck.retries", "boolean"),
+    ("seconds-with-unit", stack("services.chat-service.stop_grace_seconds", "30s"), S,
+     "services.chat-service.stop_grace_seconds", "write 30, not 30s"),
+    ("port-fraction", cat("services.frontend.port", 3000.5), C, "services.frontend.port", "whole number"),
+    ("uses-not-a-list", cat("services.frontend.uses", "postgres"), C, "services.frontend.uses", "[item]"),
+    ("host-kind-case", stack("host.kind", "EC2"), S, "host.kind", "'ec2' or 'local'"),
     ("port-text", cat("services.frontend.port", "http"), C, "services.frontend.port", "not a number"),
     ("port-above-65535", cat("services.frontend.port", 70000), C, "services.frontend.port", "65535"),
 

@@ -73,7 +73,7 @@ CASES: list[tuple[str, Mut, str, str]] = [
     ("catalog-fact-in-stack", stack_in("services.chat-service.port", 4000), f"{S}: services.chat-service.port",
      "catalog fact"),
     ("typo-in-service-override", stack_in("services.chat-service.memroy", "1Gi"), f"{S}: services.chat-service.memroy",
-     "catalog fact"),
+     "did you mean memory"),
     ("latest-tag", stack("image_tag", "latest"), f"{S}: image_tag", "mutable"),
     ("bad-digest", stack_in("services.billing-service.image", {"digest": "sha256:xyz"}),
      f"{S}: services.billing-service.image.digest", "64"),
