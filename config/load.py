@@ -23,7 +23,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from config import checks
-from config.model import Environment, Service
+from config.model import PATTERN_HELP, Environment, Service
 from config.rules import check_environment
 
 PROJECT = "my-saas-chat"
@@ -511,7 +511,8 @@ def _message(error: Any, loc: Path_) -> str:
     if kind == "int_from_float":
         return f"{value!r} is not a whole number"
     if kind == "string_pattern_mismatch":
-        return f"{value!r} does not have the required form ({error.get('ctx', {}).get('pattern', '')})"
+        pattern = error.get("ctx", {}).get("pattern", "")
+        return f"{value!r} does not have the required form: {PATTERN_HELP.get(pattern, pattern)}"
     return str(msg).removeprefix("Value error, ")
 
 

@@ -22,6 +22,8 @@ RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-rando
                       "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
 
 _NAME = r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$"
+# Postgres truncates identifiers beyond 63 bytes (NAMEDATALEN - 1).
+_IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
 _SSH_OPTIONS = {"identityfile", "identitiesonly", "identityagent", "serveraliveinterval", "serveralivecountmax",
                 "connecttimeout", "connectionattempts", "compression", "controlmaster", "controlpath", "controlpersist"}
 # Options components/host.py passes before the configured ones (ssh keeps the first value).
@@ -53,13 +55,13 @@ def _check(fn: object) -> AfterValidator:
     return AfterValidator(fn)  # type: ignore[arg-type]
 
 
-Int = Annotated[int, BeforeValidator(_no_bool)]
 def _docker_cpus(value: float) -> float:
     if value < 0.01:
         raise ValueError(f"{value:g} is below the 0.01 CPUs that Docker accepts")
     return value
 
 
+Int = Annotated[int, BeforeValidator(_no_bool)]
 Cpu = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=256, allow_inf_nan=False), AfterValidator(_docker_cpus)]
 # Docker takes a container's memory limit in whole MiB (components/container.py) and refuses less than 6 MiB;
 # 0 would mean "no limit".
@@ -74,7 +76,10 @@ Interval = Annotated[str, BeforeValidator(partial(checks.docker_health_duration,
 StartPeriod = Annotated[str, BeforeValidator(partial(checks.docker_health_duration, zero=True)),
                         Field(description="Go duration (30s, 1m30s), >= 0")]
 EnvName = Annotated[str, _check(checks.env_name)]
-LogicalSecret = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")]
+_KEY_NAME = r"^[a-z][a-z0-9_-]*$"
+_VHOST = r"^(/|[A-Za-z0-9_][A-Za-z0-9_.-]{0,254})$"
+_STACK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+LogicalSecret = Annotated[str, Field(pattern=_KEY_NAME)]
 
 
 def _ssh_option(option: str) -> str:
@@ -97,6 +102,16 @@ def _ssh_option(option: str) -> str:
     if not value or (form is not None and not re.fullmatch(form[0], value, re.IGNORECASE)):
         raise ValueError(f"{option!r}: ssh expects {form[1] if form else 'a value'}")
     return option
+
+
+# What each pattern means, for messages a user can act on.
+PATTERN_HELP = {
+    _NAME: "lowercase letters, digits and -, 2 to 42 characters, starting with a letter",
+    _IDENT: "lowercase letters, digits and _, not starting with a digit, at most 63 characters",
+    _KEY_NAME: "lowercase letters, digits, _ and -, starting with a letter",
+    _VHOST: "/ or letters, digits, _ . and -",
+    _STACK: "letters, digits, _ . and -",
+}
 
 
 class Strict(BaseModel):
@@ -214,12 +229,10 @@ class RateLimit(Strict):
 
 
 class Gateway(Strict):
-    rate_limits: dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]*$")], RateLimit] = Field(
+    rate_limits: dict[Annotated[str, Field(pattern=_KEY_NAME)], RateLimit] = Field(
         description="Named nginx limit_req zones (per client address).")
 
 
-# Postgres truncates identifiers beyond 63 bytes (NAMEDATALEN - 1).
-_IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
 
 
 class DataStoreBase(Strict):
@@ -258,7 +271,7 @@ class Redis(DataStoreBase):
 
 class RabbitMQ(DataStoreBase):
     user: str = Field(pattern=_IDENT)
-    vhost: str = Field(pattern=r"^(/|[A-Za-z0-9_][A-Za-z0-9_.-]{0,254})$", description="Virtual host (`/` or a name).")
+    vhost: str = Field(pattern=_VHOST, description="Virtual host (`/` or a name).")
 
     @field_validator("user")
     @classmethod
@@ -271,7 +284,7 @@ class RabbitMQ(DataStoreBase):
 class Environment(Strict):
     """One stack's whole environment, after the catalog, shared settings and stack file are merged."""
 
-    stack: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
+    stack: str = Field(pattern=_STACK)
     domain: Annotated[str, _check(checks.domain)] = Field(
         description="Public DNS name; an internationalized name is used in its ASCII (xn--) form.")
     image_tag: Annotated[str, _check(checks.image_tag)] | None = Field(

@@ -422,6 +422,8 @@ INVALID: list[Case] = [
     ("user-out-of-range", cat("services.frontend.user", "99999999999:1"), C, "services.frontend.user", "range"),
     ("service-named-like-store", cat("services.redis", copy.deepcopy(CATALOG["services"]["email-worker"])
                                      | {"port": 3999}), C, "services", "data store"),
+    ("service-name-form", cat("services.Chat_Service", copy.deepcopy(CATALOG["services"]["email-worker"]) | {"port": 3999}),
+     C, "services.Chat_Service", "lowercase letters, digits and -"),
     ("route-dot-segment", cat("services.chat-service.routes", [{"prefix": "/api/../chats", "kind": "sse"}]), C,
      "services.chat-service.routes.0.prefix", "nginx"),
     ("route-double-slash", cat("services.chat-service.routes", [{"prefix": "/api//chats", "kind": "sse"}]), C,
