@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from config.checks import go_duration_ns, is_graviton, max_vcpus
+from config.checks import is_graviton, max_vcpus
 
 if TYPE_CHECKING:
     from config.model import Environment, SecretRef
@@ -134,11 +134,6 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
                 yield f"{at}.depends_on.{i}", f"no such service {dep!r}"
             elif dep == name:
                 yield f"{at}.depends_on.{i}", "a service cannot depend on itself"
-        first_check = go_duration_ns(svc.healthcheck.interval) + go_duration_ns(svc.healthcheck.timeout)
-        if svc.deploy_timeout_seconds * 10**9 <= first_check:
-            yield (f"{at}.deploy_timeout_seconds", f"{at}.healthcheck.interval",
-                   f"{svc.deploy_timeout_seconds}s ends before the first healthcheck can pass "
-                   f"(interval {svc.healthcheck.interval} + timeout {svc.healthcheck.timeout}); every deploy would fail")
         yield from _env_problems(env, name)
     yield from _cycles(env)
     yield from _secret_problems(env)

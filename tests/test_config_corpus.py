@@ -202,9 +202,6 @@ INVALID: list[Case] = [
     # One bad default is one line in shared.yaml, not one per service.
     ("shared-default-interval", shared("defaults.healthcheck.interval", "ten"), SH, "defaults.healthcheck.interval",
      "not a duration"),
-    ("deploy-timeout-before-first-check", both(stack("services.chat-service.deploy_timeout_seconds", 30),
-                                               stack("services.chat-service.healthcheck.interval", "1m")),
-     S, "services.chat-service.deploy_timeout_seconds", "before the first healthcheck"),
 
     # Availability zone and region.
     ("zone-in-another-region", stack("host.availability_zone", "us-east-1a"), S, "host.availability_zone",
@@ -455,7 +452,7 @@ VALID: list[tuple[str, Mut, Callable[[Environment], object] | None]] = [
                 "volatile-random", "volatile-ttl")],
     *[(f"interval-{d}", stack("services.chat-service.healthcheck.interval", d),
        lambda e, d=d: e.services["chat-service"].healthcheck.interval == d)
-      for d in ("1m30s", "500ms", "1.5s", "1m30s500ms", "1ms", ".5s", "90s", "2m")],
+      for d in ("1m30s", "500ms", "1.5s", "1m30s500ms", "1ms", ".5s", "90s", "2m", "1h")],
     *[(f"start-period-{d}", stack("services.chat-service.healthcheck.start_period", d),
        lambda e, d=d: e.services["chat-service"].healthcheck.start_period == d)
       for d in ("1h", "2h45m", "1h0m0s", "300000us", "10µs1ms")],
