@@ -252,6 +252,13 @@ INVALID: list[Case] = [
     ("duplicate-shared-env", text("shared", lambda t: t.replace("  LOG_LEVEL: info\n", "  LOG_LEVEL: info\n  LOG_LEVEL: warn\n")),
      SH, "env.LOG_LEVEL", "duplicate key"),
 
+    ("duplicate-in-list-item", text("catalog", lambda t: t.replace("    - prefix: /api/chats\n", "    - prefix: /api/chats\n"
+                                                                  "      prefix: /api/chat\n", 1)),
+     C, "services.chat-service.routes.0.prefix", "duplicate key"),
+    ("yaml-two-documents", text("stack", lambda t: t + "---\nconfig: {}\n"), S, "", "cannot be read"),
+    ("yaml-syntax", text("stack", lambda t: t + "  my-saas-chat:env: {LOG_LEVEL: debug\n"), S, "", "line"),
+    ("yaml-not-a-mapping", text("shared", lambda t: "- env\n- gateway\n"), SH, "", "must be a mapping"),
+
     # Stack keys outside the my-saas-chat: namespace, which the program would never see.
     ("no-namespace", bare("domain", "x.example.com"), S, "domain", "did you mean my-saas-chat:domain"),
     ("misspelt-namespace", stack("mysaaschat:image_tag", "2026.11.24-x"), S, "mysaaschat:image_tag",
