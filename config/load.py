@@ -163,7 +163,8 @@ def _read_yaml(path: Path, shown: Callable[[Path_], str] = ".".join) -> dict[str
         finally:
             loader.dispose()
     except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError([Problem(file, "", f"cannot be read: {' '.join(str(exc).split())}")]) from None
+        text = " ".join(re.sub(r'\s*in "<unicode string>",', " at", str(exc)).split())  # the file is named already
+        raise ConfigError([Problem(file, "", f"cannot be read: {text}")]) from None
     if duplicates:
         raise ConfigError([Problem(file, shown(p), f"duplicate key on line {line} (first on line {was}); YAML would "
                                    "silently keep only the last: remove one") for p, line, was in duplicates])
