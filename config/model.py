@@ -56,6 +56,8 @@ def _check(fn: object) -> AfterValidator:
 
 
 def _docker_cpus(value: float) -> float:
+    # moby refuses NanoCPUs below 0.01 ("Range of CPUs is from 0.01 to N"); measured on dockerd 20.10,
+    # --cpus 0.001 is created but cannot start (the kernel refuses a 100us CFS quota).
     if value < 0.01:
         raise ValueError(f"{value:g} is below the 0.01 CPUs that Docker accepts")
     return value
@@ -63,13 +65,13 @@ def _docker_cpus(value: float) -> float:
 
 Int = Annotated[int, BeforeValidator(_no_bool)]
 Cpu = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=256, allow_inf_nan=False), AfterValidator(_docker_cpus)]
-# Docker takes a container's memory limit in whole MiB (components/container.py) and refuses less than 6 MiB;
-# 0 would mean "no limit".
+# Docker takes a container's memory limit in whole MiB (components/container.py) and refuses less than 6 MiB
+# ("Minimum memory limit allowed is 6MB", measured on dockerd 20.10); 0 would mean "no limit".
 MemorySize = Annotated[int, _size(MiB, 6 * MiB, None, "Docker's memory limit"),
                        Field(description="bytes, written as 512Mi or 2Gi")]
 # Postgres and Redis settings rendered as whole MB; 0 means "unlimited" to Redis' maxmemory.
 MiBSize = Annotated[int, _size(MiB, MiB, None, "the store's setting (in MB)"), Field(description="bytes, written as 256Mi or 1Gi")]
-# EBS gp3 volumes: whole GiB, 1 to 16384.
+# EBS gp3 volumes: whole GiB, 1 to 16384 (EBS user guide, volume types; components/host.py divides by GiB).
 VolumeSize = Annotated[int, _size(GiB, GiB, 16384 * GiB, "an EBS gp3 volume"), Field(description="bytes, whole Gi (30Gi)")]
 Interval = Annotated[str, BeforeValidator(partial(checks.docker_health_duration, zero=False)),
                      Field(description="Go duration (10s, 1m30s, 500ms), > 0")]
