@@ -298,8 +298,9 @@ def docker_endpoint(value: str) -> str:
     return value
 
 
-# Key types EC2 imports (ImportKeyPair); the blob's own type field must agree with the prefix.
-_SSH_KEY_TYPES = {"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"}
+# ImportKeyPair "imports the public key from an RSA or ED25519 key pair" (EC2 API reference): no ECDSA,
+# no DSA, no security-key types. The blob's own type field must agree with the prefix.
+_SSH_KEY_TYPES = {"ssh-ed25519", "ssh-rsa"}
 
 
 def ssh_public_key(value: str) -> str:

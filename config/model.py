@@ -209,7 +209,7 @@ class Host(Strict):
         default_factory=list, description="Extra `ssh -o Key=value` options for the Docker provider, from an allow-list "
         "(identity, keep-alive, connection sharing); host-key checking stays pinned.")
     ssh_public_key: Annotated[str, _check(checks.ssh_public_key)] | None = Field(
-        None, description="OpenSSH public key for the operator (ed25519, rsa or ecdsa).")
+        None, description="OpenSSH public key for the operator (ssh-ed25519 or ssh-rsa: what EC2 imports).")
     backup_bucket: Annotated[str, _check(checks.s3_bucket)] | None = Field(
         None, description="S3 bucket the host may write `<stack>/` backups into.")
     ssh_private_key: str | None = Field(
