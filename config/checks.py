@@ -130,7 +130,7 @@ def admin_cidr(value: str) -> str:
 
 
 def s3_bucket(value: str) -> str:
-    """S3's naming rules for general purpose buckets (docs: bucketnamingrules)."""
+    """S3's naming rules for general purpose buckets (AmazonS3/latest/userguide/bucketnamingrules.html)."""
     if value.startswith(("arn:", "s3://")):
         raise ValueError(f"{value!r} is not a bucket name: give the bare name, not an ARN or s3:// URL")
     if not 3 <= len(value) <= 63:

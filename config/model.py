@@ -17,7 +17,7 @@ from config.checks import GiB, MiB
 
 DataStore = Literal["postgres", "redis", "rabbitmq"]
 RouteKind = Literal["http", "sse", "webhook"]
-# Every policy Redis 7 accepts for maxmemory-policy.
+# Every policy Redis 7 accepts for maxmemory-policy (redis.conf, MAXMEMORY POLICY).
 RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
                       "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
 
@@ -26,7 +26,8 @@ _NAME = r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$"
 _IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
 _SSH_OPTIONS = {"identityfile", "identitiesonly", "identityagent", "serveraliveinterval", "serveralivecountmax",
                 "connecttimeout", "connectionattempts", "compression", "controlmaster", "controlpath", "controlpersist"}
-# Options components/host.py passes before the configured ones (ssh keeps the first value).
+# Options components/host.py passes before the configured ones; "for each parameter, the first obtained
+# value will be used" (ssh_config(5)), so configuring one of these would change nothing.
 _SSH_PRESET = {"serveraliveinterval": "ServerAliveInterval=15", "connecttimeout": "ConnectTimeout=20"}
 _SSH_TIME = r"\d+|(\d+[smhdwSMHDW])+"
 _SSH_VALUES = {
