@@ -17,7 +17,8 @@ from config.checks import GiB, MiB
 
 DataStore = Literal["postgres", "redis", "rabbitmq"]
 RouteKind = Literal["http", "sse", "webhook"]
-# Every policy Redis 7 accepts for maxmemory-policy (redis.conf, MAXMEMORY POLICY).
+# Every policy Redis 7 accepts for maxmemory-policy (redis.conf, MAXMEMORY POLICY; redis-server 7.0.15
+# starts with each of these and refuses allkeys_lru or lru).
 RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
                       "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
 
