@@ -73,7 +73,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class StackInput:
-    """One stack's project config, keys without the `my-saas-chat:` prefix."""
+    """One stack's config: project keys without the `my-saas-chat:` prefix; keys of any other namespace
+    (`aws:region`, a misspelt namespace, `:name` for none) under their full name, to be checked."""
 
     stack: str
     values: Mapping[str, Any]
