@@ -6,35 +6,116 @@ docs/configuration.md, and a test fails when that file is stale.
 
 from __future__ import annotations
 
-import ipaddress
 import re
+from functools import partial
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from config import checks
+from config.checks import GiB, MiB
 
 DataStore = Literal["postgres", "redis", "rabbitmq"]
 RouteKind = Literal["http", "sse", "webhook"]
+# Every policy Redis 7 accepts for maxmemory-policy (redis.conf, MAXMEMORY POLICY; redis-server 7.0.15
+# starts with each of these and refuses allkeys_lru or lru).
+RedisPolicy = Literal["noeviction", "allkeys-lru", "allkeys-lfu", "allkeys-random",
+                      "volatile-lru", "volatile-lfu", "volatile-random", "volatile-ttl"]
 
-_SIZE = re.compile(r"^(\d+)(Ki|Mi|Gi)$")
-_UNIT = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
 _NAME = r"^[a-z][a-z0-9-]{0,40}[a-z0-9]$"
-_ENV_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")
-_DURATION = r"^\d+(ms|s|m|h)$"
+# Postgres truncates identifiers beyond 63 bytes (NAMEDATALEN - 1).
+_IDENT = r"^[a-z_][a-z0-9_]{0,62}$"
 _SSH_OPTIONS = {"identityfile", "identitiesonly", "identityagent", "serveraliveinterval", "serveralivecountmax",
                 "connecttimeout", "connectionattempts", "compression", "controlmaster", "controlpath", "controlpersist"}
+# Options components/host.py passes before the configured ones; "for each parameter, the first obtained
+# value will be used" (ssh_config(5)), so configuring one of these would change nothing.
+_SSH_PRESET = {"serveraliveinterval": "ServerAliveInterval=15", "connecttimeout": "ConnectTimeout=20"}
+_SSH_TIME = r"\d+|(\d+[smhdwSMHDW])+"
+_SSH_VALUES = {
+    "identitiesonly": (r"yes|no", "yes or no"), "compression": (r"yes|no", "yes or no"),
+    "serveralivecountmax": (r"\d+", "a number"), "connectionattempts": (r"[1-9]\d*", "a number"),
+    "controlmaster": (r"yes|no|ask|auto|autoask", "yes, no, ask, auto or autoask"),
+    "controlpersist": (rf"yes|no|{_SSH_TIME}", "yes, no or a time (60, 60s, 10m)"),
+}
+# Store containers answer on the data network under these aliases; a service of the same name would
+# share the alias and receive some of the stores' connections.
+RESERVED_SERVICE_NAMES = frozenset({"postgres", "redis", "rabbitmq"})
 
 
-def _parse_size(value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, str):
-        raise ValueError("expected a size string such as 512Mi or 2Gi")
-    match = _SIZE.match(value.strip())
-    if not match:
-        raise ValueError(f"{value!r} is not a size: use a whole number with Ki, Mi or Gi (512Mi, 2Gi)")
-    return int(match.group(1)) * _UNIT[match.group(2)]
+def _no_bool(value: object) -> object:
+    # pydantic's lax mode reads true as 1; a boolean where a number belongs is always a mistake.
+    if isinstance(value, bool):
+        raise ValueError(f"{str(value).lower()} is a boolean; give a number")
+    return value
 
 
-Size = Annotated[int, BeforeValidator(_parse_size), Field(description="bytes, written as 512Mi or 2Gi")]
-Duration = Annotated[str, Field(pattern=_DURATION)]
+def _size(unit: int, minimum: int, maximum: int | None, consumer: str) -> BeforeValidator:
+    return BeforeValidator(partial(checks.size_in, unit=unit, minimum=minimum, maximum=maximum, consumer=consumer))
+
+
+def _check(fn: object) -> AfterValidator:
+    return AfterValidator(fn)  # type: ignore[arg-type]
+
+
+def _docker_cpus(value: float) -> float:
+    # moby refuses NanoCPUs below 0.01 ("Range of CPUs is from 0.01 to N"); measured on dockerd 20.10,
+    # --cpus 0.001 is created but cannot start (the kernel refuses a 100us CFS quota).
+    if value < 0.01:
+        raise ValueError(f"{value:g} is below the 0.01 CPUs that Docker accepts")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+Cpu = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=256, allow_inf_nan=False), AfterValidator(_docker_cpus)]
+# Docker takes a container's memory limit in whole MiB (components/container.py) and refuses less than 6 MiB
+# ("Minimum memory limit allowed is 6MB", measured on dockerd 20.10); 0 would mean "no limit".
+MemorySize = Annotated[int, _size(MiB, 6 * MiB, None, "Docker's memory limit"),
+                       Field(description="bytes, written as 512Mi or 2Gi")]
+# Postgres and Redis settings rendered as whole MB; 0 means "unlimited" to Redis' maxmemory.
+MiBSize = Annotated[int, _size(MiB, MiB, None, "the store's setting (in MB)"), Field(description="bytes, written as 256Mi or 1Gi")]
+# EBS gp3 volumes: whole GiB, 1 to 16384 (EBS user guide, volume types; components/host.py divides by GiB).
+VolumeSize = Annotated[int, _size(GiB, GiB, 16384 * GiB, "an EBS gp3 volume"), Field(description="bytes, whole Gi (30Gi)")]
+Interval = Annotated[str, BeforeValidator(partial(checks.docker_health_duration, zero=False)),
+                     Field(description="Go duration (10s, 1m30s, 500ms), > 0")]
+StartPeriod = Annotated[str, BeforeValidator(partial(checks.docker_health_duration, zero=True)),
+                        Field(description="Go duration (30s, 1m30s), >= 0")]
+EnvName = Annotated[str, _check(checks.env_name)]
+_KEY_NAME = r"^[a-z][a-z0-9_-]*$"
+_VHOST = r"^(/|[A-Za-z0-9_][A-Za-z0-9_.-]{0,254})$"
+_STACK = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
+LogicalSecret = Annotated[str, Field(pattern=_KEY_NAME)]
+
+
+def _ssh_option(option: str) -> str:
+    key = option.split("=", 1)[0].strip().lower()
+    if "=" not in option or not key.isalpha():
+        raise ValueError(f"{option!r} is not an ssh option of the form Key=value")
+    if key in {"stricthostkeychecking", "userknownhostsfile", "knownhostscommand", "globalknownhostsfile",
+               "hostkeyalgorithms", "hostkeyalias"}:
+        raise ValueError(f"{option!r} would change host-key verification, which is pinned to the host's key")
+    if key not in _SSH_OPTIONS:
+        # Routing options (Port, ProxyJump, ...) would also have to reach the engine-ready wait,
+        # which connects on its own; only client-side options are accepted.
+        raise ValueError(f"{option!r} is not allowed; allowed: {', '.join(sorted(_SSH_OPTIONS))}")
+    if key in _SSH_PRESET:
+        # ssh keeps the first value it is given, and the program passes its own first.
+        raise ValueError(f"{option!r} would be ignored: the program already passes {_SSH_PRESET[key]} "
+                         "and ssh keeps the first value")
+    value = option.split("=", 1)[1].strip()
+    form = _SSH_VALUES.get(key)
+    if not value or (form is not None and not re.fullmatch(form[0], value, re.IGNORECASE)):
+        raise ValueError(f"{option!r}: ssh expects {form[1] if form else 'a value'}")
+    return option
+
+
+# What each pattern means, for messages a user can act on.
+PATTERN_HELP = {
+    _NAME: "lowercase letters, digits and -, 2 to 42 characters, starting with a letter",
+    _IDENT: "lowercase letters, digits and _, not starting with a digit, at most 63 characters",
+    _KEY_NAME: "lowercase letters, digits, _ and -, starting with a letter",
+    _VHOST: "/ or letters, digits, _ . and -",
+    _STACK: "letters, digits, _ . and -",
+}
 
 
 class Strict(BaseModel):
@@ -44,33 +125,11 @@ class Strict(BaseModel):
 
 
 class ImageRef(Strict):
-    repository: str = Field(description="Registry and repository, without tag (ghcr.io/org/app).")
-    tag: str | None = Field(None, description="Immutable tag; `latest` is refused.")
-    digest: str | None = Field(None, description="`sha256:<64 hex>`; wins over the tag when both are set.")
-
-    @field_validator("repository")
-    @classmethod
-    def _no_tag_in_repository(cls, value: str) -> str:
-        last = value.rsplit("/", 1)[-1]
-        if ":" in last or "@" in last:
-            raise ValueError("put the tag or digest in `tag`/`digest`, not in the repository")
-        return value
-
-    @field_validator("tag")
-    @classmethod
-    def _immutable_tag(cls, value: str | None) -> str | None:
-        if value is not None and value.strip().lower() in {"", "latest", "stable", "main", "master"}:
-            raise ValueError(f"tag {value!r} is mutable; pin a release tag or a digest")
-        if value is not None and not re.match(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", value):
-            raise ValueError(f"{value!r} is not a valid image tag")
-        return value
-
-    @field_validator("digest")
-    @classmethod
-    def _digest_form(cls, value: str | None) -> str | None:
-        if value is not None and not re.match(r"^sha256:[0-9a-f]{64}$", value):
-            raise ValueError("digest must be sha256: followed by 64 lowercase hex digits")
-        return value
+    repository: Annotated[str, _check(checks.image_repository)] = Field(
+        description="Registry and repository, without tag (ghcr.io/org/app).")
+    tag: Annotated[str, _check(checks.image_tag)] | None = Field(None, description="Immutable tag; `latest` is refused.")
+    digest: Annotated[str, _check(checks.image_digest)] | None = Field(
+        None, description="`sha256:<64 hex>`; wins over the tag when both are set.")
 
     @model_validator(mode="after")
     def _pinned(self) -> ImageRef:
@@ -85,186 +144,174 @@ class ImageRef(Strict):
 
 
 class Route(Strict):
-    prefix: str = Field(description="URL path prefix the gateway sends to this service.", pattern=r"^/[A-Za-z0-9/_.-]*$")
+    prefix: Annotated[str, _check(checks.route_prefix)] = Field(description="URL path prefix the gateway sends to this service.")
     kind: RouteKind = Field("http", description="`http`, `sse` (unbuffered, long-lived) or `webhook` (raw body).")
     rate_limit: str = Field("default", description="Name of a zone in `gateway.rate_limits`.")
 
 
 class SecretRef(Strict):
-    secret: str = Field(description="Logical secret name, mapped to a Secrets Manager id by the stack's `secrets`.")
+    secret: LogicalSecret = Field(description="Logical secret name, mapped to a Secrets Manager id by the stack's `secrets`.")
     key: str = Field(description="Key inside the secret's JSON document.", min_length=1)
 
 
 class Healthcheck(Strict):
-    interval: Duration = "10s"
-    timeout: Duration = "3s"
-    retries: int = Field(3, ge=1, le=20)
-    start_period: Duration = "30s"
+    """Docker healthcheck timings: Go durations (500ms, 10s, 1m30s, 1h)."""
+
+    interval: Interval = "10s"
+    timeout: Interval = "3s"
+    retries: Int = Field(3, ge=1, le=20)
+    start_period: StartPeriod = "30s"
 
 
 class Service(Strict):
     kind: Literal["web", "worker"] = Field(description="`web` serves gateway routes; `worker` has none.")
     description: str = ""
     image: ImageRef
-    port: int = Field(ge=1024, le=65535, description="Container port (unprivileged: containers run as non-root).")
+    port: Int = Field(ge=1024, le=65535, description="Container port (unprivileged: containers run as non-root).")
     routes: list[Route] = Field(default_factory=list)
-    health_path: str = Field(pattern=r"^/", description="HTTP path answering 200 when healthy.")
-    required_env: list[str] = Field(default_factory=list, description="Variables the service refuses to start without.")
-    env: dict[str, str] = Field(default_factory=dict, description="Overrides of shared variables, and service-only ones.")
-    secrets: dict[str, SecretRef] = Field(default_factory=dict, description="Variable -> secret reference.")
-    cpu: float = Field(gt=0, le=16, description="CPU limit in cores.")
-    memory: Size = Field(description="Memory limit (512Mi, 2Gi).")
+    health_path: Annotated[str, _check(checks.http_path)] = Field(description="HTTP path answering 200 when healthy.")
+    required_env: list[EnvName] = Field(default_factory=list, description="Variables the service refuses to start without.")
+    env: dict[EnvName, str] = Field(default_factory=dict, description="Overrides of shared variables, and service-only ones.")
+    secrets: dict[EnvName, SecretRef] = Field(default_factory=dict, description="Variable -> secret reference.")
+    cpu: Cpu = Field(description="CPU limit in cores (0.01 or more; at most the host's vCPUs).")
+    memory: MemorySize = Field(description="Memory limit (512Mi, 2Gi): whole Mi, at least 6Mi (Docker).")
     uses: list[DataStore] = Field(default_factory=list, description="Data stores; their URLs are derived.")
     depends_on: list[str] = Field(default_factory=list, description="Services that must be healthy first.")
     egress: bool = Field(False, description="Needs the internet (Stripe, OpenAI, SMTP).")
-    user: str = Field(pattern=r"^[1-9]\d*:[1-9]\d*$", description="uid:gid, never root.")
-    tmpfs: list[str] = Field(default_factory=lambda: ["/tmp"], description="Writable paths on a read-only root.")
-    stop_grace_seconds: int = Field(ge=1, le=600)
-    deploy_timeout_seconds: int = Field(ge=10, le=1800, description="How long a new container may take to turn healthy.")
+    user: Annotated[str, _check(checks.uid_gid)] = Field(description="uid:gid, never root.")
+    tmpfs: list[Annotated[str, _check(checks.container_path)]] = Field(
+        default_factory=lambda: ["/tmp"], description="Writable paths on a read-only root.")
+    stop_grace_seconds: Int = Field(ge=1, le=600)
+    deploy_timeout_seconds: Int = Field(ge=10, le=1800, description="How long a new container may take to turn healthy.")
     healthcheck: Healthcheck
-
-    @field_validator("required_env")
-    @classmethod
-    def _env_names(cls, names: list[str]) -> list[str]:
-        bad = [n for n in names if not _ENV_NAME.match(n)]
-        if bad:
-            raise ValueError(f"not environment variable names: {', '.join(bad)}")
-        return names
-
-    @field_validator("env", "secrets")
-    @classmethod
-    def _env_keys(cls, values: dict[str, object]) -> dict[str, object]:
-        bad = [n for n in values if not _ENV_NAME.match(n)]
-        if bad:
-            raise ValueError(f"not environment variable names: {', '.join(bad)}")
-        return values
-
-    @field_validator("tmpfs")
-    @classmethod
-    def _absolute(cls, paths: list[str]) -> list[str]:
-        bad = [p for p in paths if not p.startswith("/")]
-        if bad:
-            raise ValueError(f"tmpfs paths must be absolute: {', '.join(bad)}")
-        return paths
 
 
 class Ami(Strict):
-    owners: list[str] = Field(min_length=1, description="AMI owner account ids (Debian: 136693071363).")
-    name: str = Field(description="Name filter, pinned to a release (debian-12-amd64-20241004-*).")
+    owners: list[Annotated[str, _check(checks.aws_owner)]] = Field(
+        min_length=1, description="AMI owner account ids (Debian: 136693071363).")
+    name: str = Field(min_length=1, description="Name filter, pinned to a release (debian-12-amd64-20241004-*).")
     architecture: Literal["x86_64", "arm64"] = "x86_64"
 
 
 class Host(Strict):
     kind: Literal["ec2", "local"] = Field(description="`ec2` provisions a host; `local` uses this machine's Docker.")
-    docker_host: str = Field("unix:///var/run/docker.sock", description="Docker endpoint for `local`.")
-    instance_type: str | None = Field(None, pattern=r"^[a-z][a-z0-9]*\.[a-z0-9]+$")
-    root_volume: Size | None = Field(None, description="Root EBS volume size.")
-    data_volume: Size | None = Field(None, description="EBS volume for Docker's data (databases live here).")
+    docker_host: Annotated[str, _check(checks.docker_endpoint)] = Field(
+        "unix:///var/run/docker.sock", description="Docker endpoint for `local`.")
+    instance_type: Annotated[str, _check(checks.instance_type)] | None = Field(None, description="EC2 instance type (t3.large).")
+    root_volume: VolumeSize | None = Field(None, description="Root EBS volume size (gp3: whole Gi, 1Gi to 16384Gi).")
+    data_volume: VolumeSize | None = Field(
+        None, description="EBS volume for Docker's data (databases live here; gp3: whole Gi, 1Gi to 16384Gi).")
     ami: Ami | None = None
-    availability_zone: str | None = None
-    admin_cidrs: list[str] = Field(default_factory=list, description="Who may reach SSH (22). Never 0.0.0.0/0.")
-    ssh_user: str = "admin"
-    ssh_options: list[str] = Field(
+    availability_zone: Annotated[str, _check(checks.availability_zone)] | None = Field(
+        None, description="Zone name in the stack's `aws:region` (eu-west-1a).")
+    admin_cidrs: list[Annotated[str, _check(checks.admin_cidr)]] = Field(
+        default_factory=list, description="Who may reach SSH (22): IPv4 networks. Never 0.0.0.0/0.")
+    ssh_user: Annotated[str, _check(checks.linux_user)] = "admin"
+    ssh_options: list[Annotated[str, _check(_ssh_option)]] = Field(
         default_factory=list, description="Extra `ssh -o Key=value` options for the Docker provider, from an allow-list "
         "(identity, keep-alive, connection sharing); host-key checking stays pinned.")
-    ssh_public_key: str | None = Field(None, description="OpenSSH public key for the operator.")
-    backup_bucket: str | None = Field(None, description="S3 bucket the host may write `<stack>/` backups into.")
+    ssh_public_key: Annotated[str, _check(checks.ssh_public_key)] | None = Field(
+        None, description="OpenSSH public key for the operator (ssh-ed25519 or ssh-rsa: what EC2 imports).")
+    backup_bucket: Annotated[str, _check(checks.s3_bucket)] | None = Field(
+        None, description="S3 bucket the host may write `<stack>/` backups into.")
     ssh_private_key: str | None = Field(
         None, description="Operator key for the engine-ready wait (a config secret); the SSH agent when unset.")
 
-    @field_validator("admin_cidrs")
-    @classmethod
-    def _cidrs(cls, cidrs: list[str]) -> list[str]:
-        for cidr in cidrs:
-            try:
-                net = ipaddress.ip_network(cidr, strict=True)
-            except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not a CIDR: {exc}") from None
-            if net.prefixlen == 0:
-                raise ValueError(f"{cidr} opens SSH to the whole internet; list the admin networks instead")
-        return cidrs
-
     @field_validator("ssh_options")
     @classmethod
-    def _no_host_key_overrides(cls, options: list[str]) -> list[str]:
-        for option in options:
-            key = option.split("=", 1)[0].strip().lower()
-            if "=" not in option or not key.isalpha():
-                raise ValueError(f"{option!r} is not an ssh option of the form Key=value")
-            if key in {"stricthostkeychecking", "userknownhostsfile", "knownhostscommand", "globalknownhostsfile",
-                       "hostkeyalgorithms", "hostkeyalias"}:
-                raise ValueError(f"{option!r} would change host-key verification, which is pinned to the host's key")
-            if key not in _SSH_OPTIONS:
-                # Routing options (Port, ProxyJump, ...) would also have to reach the engine-ready wait,
-                # which connects on its own; only client-side options are accepted.
-                raise ValueError(f"{option!r} is not allowed; allowed: {', '.join(sorted(_SSH_OPTIONS))}")
+    def _once_each(cls, options: list[str]) -> list[str]:
+        keys = [o.split("=", 1)[0].strip().lower() for o in options]
+        repeated = sorted({k for k in keys if keys.count(k) > 1 and k != "identityfile"})  # IdentityFile adds up
+        if repeated:
+            raise ValueError(f"{repeated[0]} is given twice; ssh would silently use the first")
         return options
-
-    @model_validator(mode="after")
-    def _ec2_complete(self) -> Host:
-        if self.kind == "ec2":
-            missing = [k for k in ("instance_type", "root_volume", "data_volume", "ami", "availability_zone", "ssh_public_key")
-                       if getattr(self, k) is None]
-            if not self.admin_cidrs:
-                missing.append("admin_cidrs")
-            if missing:
-                raise ValueError(f"host.kind ec2 needs: {', '.join(missing)}")
-        return self
 
 
 class RateLimit(Strict):
-    per_second: int = Field(ge=1, le=100000)
-    burst: int = Field(ge=0, le=100000)
+    per_second: Int = Field(ge=1, le=100000)
+    burst: Int = Field(ge=0, le=100000)
 
 
 class Gateway(Strict):
-    rate_limits: dict[str, RateLimit] = Field(description="Named nginx limit_req zones (per client address).")
+    rate_limits: dict[Annotated[str, Field(pattern=_KEY_NAME)], RateLimit] = Field(
+        description="Named nginx limit_req zones (per client address).")
 
 
-_IDENT = r"^[a-z_][a-z0-9_]*$"
 
 
 class DataStoreBase(Strict):
     image: ImageRef = Field(description="Pinned image (tag or digest) of the store.")
-    cpu: float = Field(gt=0, le=16, description="CPU limit in cores.")
-    memory: Size = Field(description="Container memory limit.")
+    cpu: Cpu = Field(description="CPU limit in cores.")
+    memory: MemorySize = Field(description="Container memory limit (whole Mi, at least 6Mi).")
 
 
 class Postgres(DataStoreBase):
     database: str = Field(pattern=_IDENT)
     user: str = Field(pattern=_IDENT)
-    shared_buffers: Size = Field(description="Must stay below `memory`.")
-    effective_cache_size: Size
-    max_connections: int = Field(ge=10, le=5000)
+    shared_buffers: MiBSize = Field(description="Must stay below `memory`.")
+    effective_cache_size: MiBSize
+    max_connections: Int = Field(ge=10, le=5000)
+
+    @field_validator("database")
+    @classmethod
+    def _not_template(cls, value: str) -> str:
+        if value in {"template0", "template1"}:
+            raise ValueError(f"{value} is a Postgres template database; name the application's database")
+        return value
+
+    @field_validator("user")
+    @classmethod
+    def _not_reserved_role(cls, value: str) -> str:
+        if value.startswith("pg_"):
+            raise ValueError(f"{value}: Postgres reserves role names starting with pg_")
+        return value
 
 
 class Redis(DataStoreBase):
-    maxmemory: Size = Field(description="Must leave headroom below `memory`.")
-    maxmemory_policy: Literal["noeviction", "allkeys-lru", "volatile-lru", "allkeys-lfu", "volatile-lfu"]
+    maxmemory: MiBSize = Field(description="Must leave headroom below `memory`.")
+    maxmemory_policy: RedisPolicy
     appendonly: bool = Field(description="Append-only file persistence.")
 
 
 class RabbitMQ(DataStoreBase):
     user: str = Field(pattern=_IDENT)
-    vhost: str = Field(pattern=r"^[a-z_][a-z0-9_-]*$")
+    vhost: str = Field(pattern=_VHOST, description="Virtual host (`/` or a name).")
+
+    @field_validator("user")
+    @classmethod
+    def _not_guest(cls, value: str) -> str:
+        if value == "guest":
+            raise ValueError("guest may log in from localhost only (loopback_users); services could not connect")
+        return value
 
 
 class Environment(Strict):
     """One stack's whole environment, after the catalog, shared settings and stack file are merged."""
 
-    stack: str
-    domain: str = Field(max_length=253, pattern=r"^([a-z0-9-]{1,63}\.)+[a-z]{2,63}$", description="Public DNS name.")
-    image_tag: str | None = Field(None, description="Release tag applied to every service image that has none.")
+    stack: str = Field(pattern=_STACK)
+    domain: Annotated[str, _check(checks.domain)] = Field(
+        description="Public DNS name; an internationalized name is used in its ASCII (xn--) form.")
+    image_tag: Annotated[str, _check(checks.image_tag)] | None = Field(
+        None, description="Release tag applied to every service image that has none.")
     host: Host
     secrets_backend: Literal["aws-secretsmanager", "generated"] = Field(
         "aws-secretsmanager", description="`generated` (local only) makes random values instead of reading AWS.")
-    secrets: dict[str, str] = Field(default_factory=dict, description="Logical secret name -> Secrets Manager id.")
-    env: dict[str, str] = Field(description="Shared variables for every service.")
-    services: dict[Annotated[str, Field(pattern=_NAME)], Service]
+    secrets: dict[LogicalSecret, Annotated[str, _check(checks.secret_id)]] = Field(
+        default_factory=dict, description="Logical secret name -> Secrets Manager secret name.")
+    env: dict[EnvName, str] = Field(description="Shared variables for every service.")
+    services: dict[Annotated[str, Field(pattern=_NAME)], Service] = Field(min_length=1)
     gateway: Gateway
     postgres: Postgres
     redis: Redis
     rabbitmq: RabbitMQ
+
+    @field_validator("services")
+    @classmethod
+    def _not_store_names(cls, services: dict[str, Service]) -> dict[str, Service]:
+        clash = sorted(RESERVED_SERVICE_NAMES & set(services))
+        if clash:
+            raise ValueError(f"service name {clash[0]!r} is the network alias of a data store; rename the service")
+        return services
 
     def service_order(self) -> list[str]:
         """Services with every dependency before its dependents (cycles are refused by the rules)."""

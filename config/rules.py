@@ -6,9 +6,12 @@ to refuse a hand-typed copy, and the service component uses it to build each con
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
+
+from config.checks import is_graviton, max_vcpus
 
 if TYPE_CHECKING:
     from config.model import Environment, SecretRef
@@ -53,11 +56,61 @@ def service_env(env: Environment, name: str) -> dict[str, str | SecretRef | Stor
     return dict(sorted(merged.items()))
 
 
-def check_environment(env: Environment) -> list[tuple[str, str]]:
-    return sorted(set(_problems(env)))
+# Host settings that only an EC2 host reads, and only a local one.
+EC2_ONLY = ("instance_type", "root_volume", "data_volume", "ami", "availability_zone", "admin_cidrs", "ssh_user",
+            "ssh_options", "ssh_public_key", "backup_bucket", "ssh_private_key")
+EC2_REQUIRED = ("instance_type", "root_volume", "data_volume", "ami", "availability_zone", "ssh_public_key", "admin_cidrs")
 
 
-def _problems(env: Environment) -> Iterator[tuple[str, str]]:
+def check_environment(env: Environment, aws_region: str | None = None) -> list[tuple[tuple[str, ...], str]]:
+    """Problems as (key paths, message): a rule about two values gives both paths, and the loader names
+    the one that the most specific file supplied."""
+    found: set[tuple[tuple[str, ...], str]] = set()
+    for problem in (*_problems(env), *_host_problems(env, aws_region)):
+        paths, message = problem[:-1], problem[-1]
+        found.add((paths, message))
+    return sorted(found)
+
+
+def _host_problems(env: Environment, aws_region: str | None) -> Iterator[tuple[str, ...]]:
+    host = env.host
+    if host.kind == "local":
+        for key in sorted(set(EC2_ONLY) & host.model_fields_set):
+            yield f"host.{key}", "applies to host.kind ec2 only; remove it (a local host would silently ignore it)"
+        return
+    if "docker_host" in host.model_fields_set:
+        yield "host.docker_host", "applies to host.kind local only; an EC2 host is reached over ssh"
+    for key in EC2_REQUIRED:
+        if not getattr(host, key):
+            yield f"host.{key}", "is required for host.kind ec2"
+    if aws_region is None:
+        yield "aws:region", "is required for host.kind ec2 (aws:region: eu-west-1): the zone, ARNs and synth depend on it"
+    elif aws_region and host.availability_zone and not (
+            host.availability_zone.startswith(aws_region)
+            and re.fullmatch(r"[a-z]|-[a-z0-9-]+", host.availability_zone[len(aws_region):])):
+        yield "host.availability_zone", f"{host.availability_zone} is not a zone of the stack's region {aws_region} (aws:region)"
+    seen: dict[str, int] = {}
+    for i, cidr in enumerate(host.admin_cidrs):
+        if cidr in seen:
+            yield f"host.admin_cidrs.{i}", f"{cidr} is already listed (item {seen[cidr]}); AWS refuses duplicate rules"
+        seen.setdefault(cidr, i)
+    if host.instance_type:
+        graviton = is_graviton(host.instance_type)
+        arch = host.ami.architecture if host.ami else None
+        if graviton is not None and arch is not None and graviton != (arch == "arm64"):
+            yield ("host.ami.architecture", "host.instance_type",
+                   f"{arch} does not run on {host.instance_type} ({'arm64' if graviton else 'x86_64'}); "
+                   "match the AMI architecture to the instance type")
+        vcpus = max_vcpus(host.instance_type)
+        limits = [(f"services.{n}.cpu", s.cpu) for n, s in sorted(env.services.items())]
+        limits += [(f"{k}.cpu", getattr(env, k).cpu) for k in ("postgres", "redis", "rabbitmq")]
+        for path, cpu in limits:
+            if vcpus is not None and cpu > vcpus:
+                yield (path, "host.instance_type",
+                       f"{cpu:g} CPUs is more than the {vcpus} vCPUs of {host.instance_type}; Docker refuses it")
+
+
+def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
     services = env.services
     seen_ports: dict[int, str] = {}
     seen_prefixes: dict[str, str] = {}
@@ -87,14 +140,14 @@ def _problems(env: Environment) -> Iterator[tuple[str, str]]:
     for var in sorted(set(env.env) & DERIVED_NAMES):
         yield f"env.{var}", "is derived by the program; remove it"
     if env.postgres.shared_buffers >= env.postgres.memory:
-        yield "postgres.shared_buffers", "must be smaller than postgres.memory"
+        yield "postgres.shared_buffers", "postgres.memory", "postgres.shared_buffers must be smaller than postgres.memory"
     if env.redis.maxmemory >= env.redis.memory:
-        yield "redis.maxmemory", "must leave headroom below redis.memory (the container limit)"
+        yield "redis.maxmemory", "redis.memory", "redis.maxmemory must leave headroom below redis.memory (the container limit)"
     if env.host.kind == "ec2" and env.secrets_backend == "generated":
         yield "secrets_backend", "generated secrets are for host.kind local only; use aws-secretsmanager"
 
 
-def _env_problems(env: Environment, name: str) -> Iterator[tuple[str, str]]:
+def _env_problems(env: Environment, name: str) -> Iterator[tuple[str, ...]]:
     svc = env.services[name]
     at = f"services.{name}"
     derived = derived_env(env, name)
@@ -119,7 +172,7 @@ def _env_problems(env: Environment, name: str) -> Iterator[tuple[str, str]]:
         yield f"{at}.required_env", f"{var} is not provided by shared env, an override, a secret or the program{why}"
 
 
-def _secret_problems(env: Environment) -> Iterator[tuple[str, str]]:
+def _secret_problems(env: Environment) -> Iterator[tuple[str, ...]]:
     used: dict[str, list[str]] = {}
     for name, svc in env.services.items():
         for var, ref in svc.secrets.items():
@@ -132,10 +185,10 @@ def _secret_problems(env: Environment) -> Iterator[tuple[str, str]]:
         yield f"secrets.{logical}", "is not referenced by any service; remove it"
 
 
-def _cycles(env: Environment) -> Iterator[tuple[str, str]]:
+def _cycles(env: Environment) -> Iterator[tuple[str, ...]]:
     state: dict[str, int] = {}
 
-    def visit(name: str, trail: list[str]) -> Iterator[tuple[str, str]]:
+    def visit(name: str, trail: list[str]) -> Iterator[tuple[str, ...]]:
         state[name] = 1
         for dep in env.services[name].depends_on:
             if dep not in env.services or dep == name:

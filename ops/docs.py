@@ -22,6 +22,14 @@ under the `my-saas-chat:` namespace. A stack may change only these keys of a cat
 {keys}. Variables the program derives (never typed): `PORT`, `SERVICE_NAME`, `SENTRY_ENVIRONMENT`,
 `FRONTEND_URL`, `NEXT_PUBLIC_API_URL`, and `DATABASE_URL` / `REDIS_URL` / `RABBITMQ_URL` for the
 stores a service `uses`.
+
+Values are checked in the form their consumer accepts, and every problem names the file and key
+path to edit. A stack file's keys are `my-saas-chat:` keys, `aws:` provider settings (`aws:region`
+is required for `host.kind: ec2`; the zone must be in it) or `pulumi:` keys; anything else is
+refused, as is a key repeated in one YAML mapping. Sizes are whole numbers with `Ki`, `Mi`, `Gi` or
+`Ti` that must not round down where they are used (container memory in whole Mi, at least 6Mi; EBS
+volumes in whole Gi). Durations are Go durations (`500ms`, `10s`, `1m30s`). Quote strings that
+YAML would read as numbers or booleans (`"2"`, `"yes"`, `"1001:1001"`).
 """
 
 

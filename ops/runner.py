@@ -155,7 +155,8 @@ def _engine_config(path: Path, stack_input: StackInput) -> tuple[dict[str, str],
     config: dict[str, str] = {}
     for key, value in raw.items():
         if str(key).startswith(f"{PROJECT}:"):
-            value = stack_input.values[str(key).split(":", 1)[1]]
+            name = str(key).split(":", 1)[1].removeprefix("config:")  # the CLI's legacy key form
+            key, value = f"{PROJECT}:{name}", stack_input.values[name]
         config[str(key)] = value if isinstance(value, str) else json.dumps(value)
     secret_keys = [f"{PROJECT}:{p.split('.')[0]}" for p in stack_input.secret_paths]
     return config, sorted(set(secret_keys))
