@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
+from components.canonical import canonical_cpus
 from config import checks
 from config.checks import GiB, MiB
 
@@ -62,6 +63,9 @@ def _docker_cpus(value: float) -> float:
     # --cpus 0.001 is created but cannot start (the kernel refuses a 100us CFS quota).
     if value < 0.01:
         raise ValueError(f"{value:g} is below the 0.01 CPUs that Docker accepts")
+    # The provider reads cpus back through nanoInt64ToDecimalString, which mangles some values
+    # (10 -> "10.", 0.05 -> "0.1"): those would replace the container on every up.
+    canonical_cpus(value)
     return value
 
 

@@ -321,6 +321,13 @@ INVALID: list[Case] = [
     ("cpu-millicores", stack("services.chat-service.cpu", "500m"), S, "services.chat-service.cpu", "millicores"),
     ("cpu-infinite", stack("services.chat-service.cpu", float("inf")), S, "services.chat-service.cpu", "less than or equal"),
     ("cpu-below-docker", stack("services.chat-service.cpu", 0.001), S, "services.chat-service.cpu", "0.01"),
+    # The Docker provider reads cpus back through nanoInt64ToDecimalString, which mangles these:
+    # 10 -> "10.", 0.05 -> "0.1", 0.01 -> "0.0" (a replacement on every up).
+    ("cpu-ten-reads-back-mangled", stack("services.chat-service.cpu", 10), S, "services.chat-service.cpu", "read back"),
+    ("cpu-hundredths-read-back-mangled", stack("services.chat-service.cpu", 0.05), S, "services.chat-service.cpu",
+     "read back"),
+    ("cpu-docker-minimum-reads-back-as-zero", stack("services.chat-service.cpu", 0.01), S, "services.chat-service.cpu",
+     "read back"),
     ("retries-boolean", stack("services.chat-service.healthcheck.retries", True), S,
      "services.chat-service.healthcheck.retries", "boolean"),
     ("seconds-with-unit", stack("services.chat-service.stop_grace_seconds", "30s"), S,
@@ -486,7 +493,8 @@ VALID: list[tuple[str, Mut, Callable[[Environment], object] | None]] = [
     ("instance-metal-size", stack("host.instance_type", "m7i.metal-24xl"), None),
     ("instance-graviton-arm", both(stack("host.instance_type", "t4g.large"), stack("host.ami.architecture", "arm64")), None),
     ("cpu-equal-vcpus", both(stack("host.instance_type", "t3.large"), stack("services.chat-service.cpu", 2)), None),
-    ("cpu-docker-minimum", stack("services.chat-service.cpu", 0.01), None),
+    ("cpu-smallest-that-reads-back", stack("services.chat-service.cpu", 0.1), None),
+    ("cpu-two-decimals", stack("services.chat-service.cpu", 0.25), None),
     ("cpu-as-cli-string", stack("services.chat-service.cpu", "1.5"), lambda e: e.services["chat-service"].cpu == 1.5),
     ("max-connections-as-cli-string", stack("postgres.max_connections", "200"), lambda e: e.postgres.max_connections == 200),
     ("zone-c", stack("host.availability_zone", "eu-west-1c"), None),
@@ -588,3 +596,4 @@ def test_the_program_checks_the_zone_against_the_region_it_is_given(monkeypatch:
         load_environment(from_pulumi_runtime())
     assert [str(p) for p in raised.value.problems] == [
         "Pulumi.prod.yaml: host.availability_zone: eu-west-1a is not a zone of the stack's region us-east-1 (aws:region)"]
+
