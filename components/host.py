@@ -8,7 +8,10 @@ Pulumi.yaml, so nothing can land on the machine that runs `pulumi up` by acciden
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import pulumi
 import pulumi_aws as aws
@@ -17,6 +20,7 @@ import pulumi_docker as docker
 import pulumi_tls as tls
 
 from config import Environment
+from config.model import Ami
 from render.cloud_init import DATA_MOUNT, render_user_data
 
 TOKEN = "my-saas-chat:host:Host"
@@ -33,6 +37,7 @@ class Host(pulumi.ComponentResource):
     address: pulumi.Output[str]
 
     def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        refuse_docker_environment(os.environ)
         super().__init__(TOKEN, name, None, opts)
         self._name = name
         env = args.env
@@ -51,6 +56,17 @@ class Host(pulumi.ComponentResource):
     def _child(self, **kwargs: object) -> pulumi.ResourceOptions:
         return pulumi.ResourceOptions(parent=self, **kwargs)  # type: ignore[arg-type]
 
+    @staticmethod
+    def _ami(ami: Ami, invoke: pulumi.InvokeOutputOptions) -> pulumi.Output[str]:
+        """The image: Debian's published SSM parameter, or a name filter. Either way `ignore_changes`
+        on the instance's ami keeps a newer image from replacing the host unasked."""
+        if ami.ssm_parameter:
+            return aws.ssm.get_parameter_output(name=ami.ssm_parameter, opts=invoke).value
+        return aws.ec2.get_ami_output(
+            owners=ami.owners or [], most_recent=True, include_deprecated=ami.include_deprecated, opts=invoke,
+            filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[ami.name or ""]),
+                     aws.ec2.GetAmiFilterArgs(name="architecture", values=[ami.architecture])]).id
+
     def _ec2(self, env: Environment) -> None:
         name, host = self._name, env.host
         assert host.ami and host.instance_type and host.root_volume and host.data_volume and host.ssh_public_key
@@ -58,11 +74,7 @@ class Host(pulumi.ComponentResource):
         invoke = pulumi.InvokeOutputOptions(parent=self)
         vpc = aws.ec2.get_vpc_output(default=True, opts=invoke)
         subnet = aws.ec2.get_subnet_output(default_for_az=True, availability_zone=host.availability_zone, opts=invoke)
-        ami = aws.ec2.get_ami_output(
-            owners=host.ami.owners, most_recent=True, opts=invoke,
-            filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[host.ami.name]),
-                     aws.ec2.GetAmiFilterArgs(name="architecture", values=[host.ami.architecture])])
-
+        ami_id = self._ami(host.ami, invoke)
         group = aws.ec2.SecurityGroup(
             f"{name}-sg", vpc_id=vpc.id, description=f"my-saas-chat {env.stack}: web to all, SSH to admins", tags=tags,
             ingress=[
@@ -103,7 +115,7 @@ class Host(pulumi.ComponentResource):
             lambda v: render_user_data(data_volume_id=v[0], host_private_key=v[1], host_public_key=v[2].strip(),
                                        admin_user=host.ssh_user, admin_public_key=host.ssh_public_key or ""))
         instance = aws.ec2.Instance(
-            f"{name}-instance", ami=ami.id, instance_type=host.instance_type, availability_zone=host.availability_zone,
+            f"{name}-instance", ami=ami_id, instance_type=host.instance_type, availability_zone=host.availability_zone,
             iam_instance_profile=profile.name, key_name=key_pair.key_name,
             user_data=user_data,  # a secret: it carries the host's private key
             primary_network_interface=aws.ec2.InstancePrimaryNetworkInterfaceArgs(network_interface_id=nic.id),
@@ -142,31 +154,81 @@ class Host(pulumi.ComponentResource):
             triggers=[instance.id],
             opts=self._child(depends_on=[instance]))
         self.engine_ready = [wait]
+        if host.ssh_private_key:
+            pulumi.Output.secret(host.ssh_private_key).apply(lambda k: write_operator_files(env.stack, private_key=k))
         self.provider = docker.Provider(
             f"{name}-docker",
             host=pulumi.Output.concat("ssh://", host.ssh_user, "@", eip.public_ip),
-            ssh_opts=known_host.apply(lambda key: ssh_options(key, host.ssh_options)),
+            # Resolves once the pinned key is written where the options point (the text itself never
+            # changes, so the provider config does not either).
+            ssh_opts=known_host.apply(lambda key: pinned_ssh_options(env.stack, key, host.ssh_options,
+                                                                     identity=bool(host.ssh_private_key))),
             # The engine is not up when the provider is configured; `engine_ready` orders every
             # Docker resource after the wait instead.
             disable_docker_daemon_check=True,
             opts=self._child())
 
 
-def ssh_options(host_public_key: str, extra: list[str]) -> list[str]:
+OPERATOR_DIR = "~/.ssh/my-saas-chat"  # ssh expands "~" itself, so the same text works on every operator machine
+
+
+def host_alias(stack: str) -> str:
+    return f"my-saas-chat-{stack}"
+
+
+def ssh_options(stack: str, extra: list[str], *, identity: bool) -> list[str]:
     """Strict host-key checking against the key Pulumi generated: no trust-on-first-use, no prompt.
 
-    KnownHostsCommand (OpenSSH >= 8.5) supplies the pinned key without a file that every operator
-    machine would need; UserKnownHostsFile=/dev/null keeps a stale entry from shadowing it.
+    The pinned key is in a known-hosts file the program writes on the operator's machine at every
+    run (`write_operator_files`), under a fixed alias (HostKeyAlias), so a replaced instance with a
+    new address keeps its identity and nothing depends on OpenSSH >= 8.5 (KnownHostsCommand, which
+    Ubuntu 20.04, Debian 11 and Amazon Linux 2 lack). With `host.ssh_private_key` the Docker
+    provider's ssh uses that key, as the engine-ready wait does; without it both use the agent.
     """
-    return [
+    options = [
         "-o", "StrictHostKeyChecking=yes",
-        "-o", "UserKnownHostsFile=/dev/null",
-        "-o", f"KnownHostsCommand=/bin/echo %H {host_public_key}",
+        "-o", f"UserKnownHostsFile={OPERATOR_DIR}/{stack}.known_hosts",
+        "-o", f"HostKeyAlias={host_alias(stack)}",
         "-o", "HostKeyAlgorithms=ssh-ed25519",
         "-o", "ServerAliveInterval=15",
         "-o", "ConnectTimeout=20",
-        *(arg for option in extra for arg in ("-o", option)),
     ]
+    if identity:
+        options += ["-o", f"IdentityFile={OPERATOR_DIR}/{stack}.key", "-o", "IdentitiesOnly=yes"]
+    return options + [arg for option in extra for arg in ("-o", option)]
+
+
+def write_operator_files(stack: str, *, host_public_key: str | None = None, private_key: str | None = None,
+                         home: Path | None = None) -> None:
+    """The files `ssh_options` names, written 0600 in a 0700 directory of the operator's ~/.ssh."""
+    directory = (home or Path.home()) / ".ssh" / "my-saas-chat"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for name, text in ((f"{stack}.known_hosts", f"{host_alias(stack)} {host_public_key.strip()}\n" if host_public_key else None),
+                       (f"{stack}.key", private_key.strip() + "\n" if private_key else None)):
+        if text is None:
+            continue
+        path = directory / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(text)
+        path.chmod(0o600)
+
+
+def pinned_ssh_options(stack: str, host_public_key: str, extra: list[str], *, identity: bool) -> list[str]:
+    write_operator_files(stack, host_public_key=host_public_key)
+    return ssh_options(stack, extra, identity=identity)
+
+
+DOCKER_ENVIRONMENT = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CERT_PATH", "DOCKER_TLS_VERIFY", "DOCKER_CONFIG")
+
+
+def refuse_docker_environment(environ: Mapping[str, str]) -> None:
+    """The Docker provider and the ssh it runs read these from the operator's environment and can be
+    pointed at another engine or credentials than the stack's; refuse to run rather than guess."""
+    found = sorted(k for k in DOCKER_ENVIRONMENT if environ.get(k))
+    if found:
+        raise pulumi.RunError(f"unset {', '.join(found)} before running this program: they can redirect the Docker "
+                              "provider away from the stack's host")
 
 
 def host_statements(env: Environment) -> list[dict[str, object]]:

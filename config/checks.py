@@ -386,3 +386,11 @@ def secret_id(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9/_+=.@-]{1,512}", value):
         raise ValueError(f"{value!r} is not a Secrets Manager secret name (letters, digits and / _ + = . @ -, at most 512)")
     return value
+
+
+def ssm_ami_parameter(value: str) -> str:
+    """A public SSM parameter path (GetParameter takes names starting with "/", at most 2048
+    characters, segments of [a-zA-Z0-9_.-]); an AMI id or an ARN here is a mistake."""
+    if not re.fullmatch(r"(/[A-Za-z0-9_.\-]+)+", value) or len(value) > 2048:
+        raise ValueError(f"{value!r} is not an SSM parameter path like /aws/service/debian/release/bookworm/latest/amd64")
+    return value

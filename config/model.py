@@ -191,10 +191,28 @@ class Service(Strict):
 
 
 class Ami(Strict):
-    owners: list[Annotated[str, _check(checks.aws_owner)]] = Field(
-        min_length=1, description="AMI owner account ids (Debian: 136693071363).")
-    name: str = Field(min_length=1, description="Name filter, pinned to a release (debian-12-amd64-20241004-*).")
+    ssm_parameter: Annotated[str, _check(checks.ssm_ami_parameter)] | None = Field(
+        None, description="Public SSM parameter holding the AMI id, as Debian publishes them "
+        "(/aws/service/debian/release/bookworm/latest/amd64). Or give `owners` and `name`.")
+    owners: list[Annotated[str, _check(checks.aws_owner)]] | None = Field(
+        None, min_length=1, description="AMI owner account ids (Debian: 136693071363), with `name`.")
+    name: str | None = Field(None, min_length=1, description="Name filter (debian-12-amd64-*), or an exact name to pin "
+                             "one image: a pin is also found once AWS deprecates the image, two years after it was made.")
     architecture: Literal["x86_64", "arm64"] = "x86_64"
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Ami:
+        if self.ssm_parameter and {"name", "owners"} & self.model_fields_set:
+            raise ValueError("give either ssm_parameter or owners and name, not both")
+        if not self.ssm_parameter and not (self.name and self.owners):
+            raise ValueError("give ssm_parameter, or owners and name")
+        return self
+
+    @property
+    def include_deprecated(self) -> bool:
+        """A pinned name (no wildcard) must still resolve after AWS deprecates the image: filtered
+        DescribeImages hides deprecated AMIs unless IncludeDeprecated is set."""
+        return bool(self.name) and "*" not in (self.name or "") and "?" not in (self.name or "")
 
 
 class Host(Strict):

@@ -75,6 +75,9 @@ class StrictMocks(mocks.Mocks):
                     "versionId": h[:32], "versionStages": ["AWSCURRENT"]}
         answers: dict[str, dict[str, Any]] = {
             "aws:ec2/getAmi:getAmi": {"id": f"ami-{h[:17]}", "architecture": "x86_64", "name": "mocked"},
+            "aws:ssm/getParameter:getParameter": {"id": a.get("name", ""), "name": a.get("name", ""), "type": "String",
+                                                  "value": f"ami-{h[:17]}", "arn": f"arn:aws:ssm:{self.region}::parameter"
+                                                  f"{a.get('name', '')}", "version": 1, "insecureValue": f"ami-{h[:17]}"},
             "aws:ec2/getVpc:getVpc": {"id": f"vpc-{h[:17]}", "cidrBlock": "172.31.0.0/16"},
             "aws:ec2/getSubnet:getSubnet": {"id": f"subnet-{h[:17]}", "cidrBlock": "172.31.0.0/20"},
             "aws:index/getCallerIdentity:getCallerIdentity": {"accountId": ACCOUNT, "id": ACCOUNT, "userId": "MOCK",

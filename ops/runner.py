@@ -6,6 +6,7 @@ import gc
 import json
 import os
 import runpy
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +91,22 @@ def _lean_runtime() -> Iterator[None]:
 
 
 @contextmanager
+def _scratch_home() -> Iterator[None]:
+    """The program writes the operator's pinned known-hosts file under ~/.ssh (components/host.py);
+    a synth writes it into a throwaway home instead of the machine's."""
+    previous = os.environ.get("HOME")
+    with tempfile.TemporaryDirectory(prefix="synth-home-") as home:
+        os.environ["HOME"] = home
+        try:
+            yield
+        finally:
+            if previous is None:
+                os.environ.pop("HOME", None)
+            else:
+                os.environ["HOME"] = previous
+
+
+@contextmanager
 def _catalog(catalog: Path | None) -> Iterator[Path]:
     previous = os.environ.get(CATALOG_ENV)
     if catalog is not None:
@@ -117,7 +134,7 @@ def run_stack(stack: str, *, secrets: Mapping[str, Any] | None = None, catalog: 
         mocks.set_mocks(strict, project=PROJECT, stack=stack, preview=False, monitor=monitor)
         settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack makes the root stack
         runtime_config.set_all_config(*_engine_config(path, stack_input))
-        with _lean_runtime():
+        with _lean_runtime(), _scratch_home():
             _sync_await(run_in_stack(_program))
     if strict.violations:
         raise StrictMockError(stack, sorted(set(strict.violations)))

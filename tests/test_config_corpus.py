@@ -144,6 +144,9 @@ def load(tmp_path: Path, mutate: Mut) -> Environment:
         raise ConfigError([type(p)(p.file.replace(f"{tmp_path}/", ""), p.path, p.message) for p in error.problems]) from None
 
 
+# prod resolves its image from Debian's SSM parameter; cases about owners and name set those instead.
+AMI_BY_NAME = stack("host.ami", {"owners": ["136693071363"], "name": "debian-12-amd64-20241004-1890"})
+
 # (case, mutation, file, key path, part of the message, lines expected (None: at least that one))
 Case = tuple[str, Mut, str, str, str] | tuple[str, Mut, str, str, str, int | None]
 INVALID: list[Case] = [
@@ -315,7 +318,8 @@ INVALID: list[Case] = [
     ("env-value-number", stack("env.RATE_LIMIT_MAX", 1000), S, "env.RATE_LIMIT_MAX", "quote it as written"),
     ("env-value-yes", stack("env.FEATURE_X", True), S, "env.FEATURE_X", "boolean"),
     ("image-tag-number", stack("image_tag", 20261124), S, "image_tag", "quote it as written"),
-    ("ami-owner-number", stack("host.ami.owners", [136693071363]), S, "host.ami.owners.0", "quote it as written"),
+    ("ami-owner-number", both(AMI_BY_NAME, stack("host.ami.owners", [136693071363])), S, "host.ami.owners.0",
+     "quote it as written"),
     ("user-sexagesimal", cat("services.frontend.user", 61061), C, "services.frontend.user", "quote it as written"),
     ("cpu-boolean", stack("services.chat-service.cpu", True), S, "services.chat-service.cpu", "boolean"),
     ("cpu-millicores", stack("services.chat-service.cpu", "500m"), S, "services.chat-service.cpu", "millicores"),
@@ -389,8 +393,9 @@ INVALID: list[Case] = [
      "services.chat-service.cpu", "vCPUs"),
     ("arm-ami-on-intel", stack("host.ami.architecture", "arm64"), S, "host.ami.architecture", "match the AMI"),
     ("intel-ami-on-graviton", stack("host.instance_type", "m7g.xlarge"), S, "host.ami.architecture", "match the AMI"),
-    ("ami-owner-name", stack("host.ami.owners", ["debian"]), S, "host.ami.owners.0", "12-digit"),
-    ("ami-owners-empty", stack("host.ami.owners", []), S, "host.ami.owners", "at least 1"),
+    ("ami-owner-name", both(AMI_BY_NAME, stack("host.ami.owners", ["debian"])), S, "host.ami.owners.0", "12-digit"),
+    ("ami-ssm-and-name", stack("host.ami.name", "debian-12-amd64-*"), S, "host.ami", "not both"),
+    ("ami-owners-empty", both(AMI_BY_NAME, stack("host.ami.owners", [])), S, "host.ami.owners", "at least 1"),
     ("ec2-without-ami", drop("stack", "host.ami"), S, "host.ami", "required for host.kind ec2"),
     ("ssh-user-root", stack("host.ssh_user", "root"), S, "host.ssh_user", "disable_root"),
     ("ssh-user-uppercase", stack("host.ssh_user", "Admin"), S, "host.ssh_user", "not a Linux user name"),

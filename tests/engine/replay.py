@@ -20,6 +20,7 @@ import secrets
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,12 +89,12 @@ class Replay:
     images: Mapping[str, str]  # logical image (postgres, redis, rabbitmq, stub) -> local tag
     containers: dict[str, Live] = field(default_factory=dict)  # by resource name
     log: list[str] = field(default_factory=list)
-    events: list[tuple[float, str, str]] = field(default_factory=list)  # (monotonic time, event, container)
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # (wall-clock time, event, container)
     healthy_after: dict[str, float] = field(default_factory=dict)  # resource name -> seconds from start
     on_wait: Callable[[str], None] | None = None
 
     def _event(self, event: str, name: str) -> None:
-        self.events.append((time.monotonic(), event, name))
+        self.events.append((time.time(), event, name))
         self.log.append(f"{event} {name}")
 
     # --- what to replay ------------------------------------------------------------------
@@ -129,14 +130,33 @@ class Replay:
 
     # --- up ----------------------------------------------------------------------------------
 
-    def up(self) -> None:
+    def waves(self) -> list[list[Registration]]:
+        """`order()` grouped as the engine runs it: a resource starts once all it depends on exist,
+        and independent ones run at once (Pulumi's default parallelism is unbounded)."""
+        depth: dict[str, int] = {}
+        for reg in self.order():  # dependencies come first
+            depth[reg.urn] = 1 + max((depth[d] for d in reg.dependencies if d in depth), default=-1)
+        waves: list[list[Registration]] = [[] for _ in range(max(depth.values(), default=-1) + 1)]
         for reg in self.order():
-            if reg.type == NETWORK:
-                self.network(reg)
-            elif reg.type == VOLUME:
-                self.volume(reg)
-            else:
-                self.containers[reg.name] = self.create(reg)
+            waves[depth[reg.urn]].append(reg)
+        return waves
+
+    def up(self) -> None:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for wave in self.waves():
+                # A failure in a wave stops the run after the wave, as the engine stops scheduling.
+                for reg, live in zip(wave, pool.map(self._apply, wave), strict=True):
+                    if live is not None:
+                        self.containers[reg.name] = live
+
+    def _apply(self, reg: Registration) -> Live | None:
+        if reg.type == NETWORK:
+            self.network(reg)
+        elif reg.type == VOLUME:
+            self.volume(reg)
+        else:
+            return self.create(reg)
+        return None
 
     def network(self, reg: Registration) -> None:
         # resource_docker_network_funcs.go resourceDockerNetworkCreate: NetworkCreate with the

@@ -95,14 +95,14 @@ def test_each_store_accepts_its_password_and_refuses_a_wrong_one(stack: Replay) 
 
 # --- who reaches what ---------------------------------------------------------------------------
 
-NODE_CONNECT = ("const [h,p]=process.argv.slice(1);const s=require('net').connect({host:h,port:+p,timeout:2000});"
+NODE_CONNECT = ("const [h,p,ms]=process.argv.slice(1);const s=require('net').connect({host:h,port:+p,timeout:+ms});"
                 "s.on('connect',()=>{console.log('open');process.exit(0)});"
                 "s.on('timeout',()=>{console.log('timeout');process.exit(2)});"
                 "s.on('error',e=>{console.log(e.code);process.exit(1)})")
 
 
-def connect_from(replay: Replay, name: str, host: str, port: int) -> str:
-    return replay.exec(name, ["node", "-e", NODE_CONNECT, host, str(port)])[1].strip()
+def connect_from(replay: Replay, name: str, host: str, port: int, timeout_ms: int = 2000) -> str:
+    return replay.exec(name, ["node", "-e", NODE_CONNECT, host, str(port), str(timeout_ms)])[1].strip()
 
 
 def test_services_reach_the_stores_they_use_by_alias(stack: Replay) -> None:
@@ -110,7 +110,9 @@ def test_services_reach_the_stores_they_use_by_alias(stack: Replay) -> None:
     ports = {"postgres": 5432, "redis": 6379, "rabbitmq": 5672}
     for name, svc in env.services.items():
         for store, port in ports.items():
-            result = connect_from(stack, name, store, port)
+            # A name the embedded DNS does not know is forwarded (to nothing, see daemon.py) and
+            # fails after moby's forwarding timeout: wait longer than that for the verdict.
+            result = connect_from(stack, name, store, port, timeout_ms=10_000)
             if store in svc.uses:
                 assert result == "open", (name, store, result)
             elif not svc.uses:
@@ -126,7 +128,8 @@ def test_an_internal_only_container_reaches_neither_outside_nor_a_published_port
         stack: Replay, engine_client: docker.DockerClient, engine_images: dict[str, str]) -> None:
     """The stores sit only on the internal data network. A live target on a normal network (with
     a port published on that network's host address) is reachable from a container on that
-    network, and not from the store: no default route, no path to the host's published port."""
+    network, and not from the store. (An internal network still has a gateway and a default route
+    inside the container; Docker isolates it with iptables, which is what this exercises.)"""
     egress = engine_client.networks.get(f"mysaaschat-{stack.recording.stack}-egress")
     gateway = egress.attrs["IPAM"]["Config"][0]["Gateway"]
     with socket.socket() as s:
@@ -143,8 +146,6 @@ def test_an_internal_only_container_reaches_neither_outside_nor_a_published_port
             assert time.monotonic() < deadline, "the target never answered on the egress network"
             time.sleep(0.5)
         assert connect_from(stack, "chat-service", gateway, port) == "open"  # the published port is live
-        routes = stack.exec("postgres", ["cat", "/proc/net/route"])[1].splitlines()[1:]
-        assert routes and not any(line.split()[1] == "00000000" for line in routes), routes  # no default route
         assert _bash_connect(stack, "postgres", ip, 8080) != 0
         assert _bash_connect(stack, "postgres", gateway, port) != 0
     finally:
@@ -260,7 +261,7 @@ def test_an_image_change_swaps_with_a_healthy_container_behind_the_alias(
     try:
         time.sleep(2)
         sampler.start()
-        started = time.monotonic()
+        started = time.time()
         new = stack.replace(name, image=new_image)
         time.sleep(3)
     finally:
@@ -273,12 +274,14 @@ def test_an_image_change_swaps_with_a_healthy_container_behind_the_alias(
     results = [json.loads(line) for line in lines if line.startswith("{")]
     swap_events = [(t - started, e, n) for t, e, n in stack.events if t >= started]
     failures = [r for r in results if not r["ok"]]
+    # The prober stamps requests with the shared wall clock (ms); events are on it too.
     figures: dict[str, Any] = {
         "requests": len(results), "failed": len(failures),
         "failures": sorted({r["error"] for r in failures}),
         "answered_by_old": sum(r.get("host") == old.id[:12] for r in results),
         "answered_by_new": sum(r.get("host") == new.id[:12] for r in results),
         "events": [(round(t, 2), e, n) for t, e, n in swap_events],
+        "failure_times": [round(r["t"] / 1000 - started, 2) for r in failures],
         "min_healthy_behind_alias": min(h for _, _, h in samples),
         "samples": len(samples),
     }
