@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import importlib
+import json
 import typing
 from functools import cache
 from typing import Any
@@ -102,9 +103,22 @@ def _check_value(hint: Any, value: Any, path: str, problems: list[str], provider
     origin = typing.get_origin(hint)
     if isinstance(value, str) and value.startswith(UNRESOLVED):
         return  # reported once by the scan for unresolved outputs
+    if provider:
+        # Provider configuration that is not a string arrives JSON-encoded (the SDKs apply
+        # `pulumi.runtime.to_json` to it); the provider decodes it, so check what it decodes.
+        if hint is str or hint is Any or not isinstance(value, str):
+            provider = False
+        else:
+            try:
+                value = _unwrap_secret(json.loads(value))
+            except json.JSONDecodeError:
+                problems.append(f"{path}: expected {_describe(hint)}, JSON-encoded (provider configuration), "
+                                f"got {value!r}")
+                return
+            if value is None:
+                return
+            provider = False
     if origin in (list, collections.abc.Sequence):
-        if provider and isinstance(value, str):
-            return  # provider configuration arrives JSON-encoded
         if not isinstance(value, list):
             problems.append(f"{path}: expected a list, got {type(value).__name__}")
             return
@@ -121,13 +135,20 @@ def _check_value(hint: Any, value: Any, path: str, problems: list[str], provider
     elif hint is str and not isinstance(value, str):
         problems.append(f"{path}: expected a string, got {type(value).__name__} {value!r}")
     elif hint is bool and not isinstance(value, bool):
-        if not (provider and value in ("true", "false")):
-            problems.append(f"{path}: expected a boolean, got {type(value).__name__} {value!r}")
+        problems.append(f"{path}: expected a boolean, got {type(value).__name__} {value!r}")
     elif hint is int and (isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value)):
-        if not (provider and isinstance(value, str) and value.isdigit()):
-            problems.append(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        problems.append(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
     elif hint is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         problems.append(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (list, collections.abc.Sequence):
+        return "a list"
+    if origin in (dict, collections.abc.Mapping) or (isinstance(hint, type) and ptypes.is_input_type(hint)):
+        return "an object"
+    return {bool: "a boolean", int: "an integer", float: "a number"}.get(hint, str(hint))
 
 
 def _strip_input(hint: Any) -> Any:

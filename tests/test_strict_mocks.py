@@ -59,3 +59,32 @@ def test_scalar_and_shape_checks(inputs: dict[str, Any], expected: str) -> None:
 def test_valid_inputs_pass() -> None:
     assert check_inputs("docker:index/container:Container",
                         {"image": "x", "memory": 512.0, "healthcheck": {"tests": ["CMD", "true"], "retries": 3.0}}) == []
+
+
+def local_provider() -> docker.Provider:
+    return docker.Provider("p", host="unix:///var/run/docker.sock")
+
+
+def test_provider_configuration_is_type_checked() -> None:
+    def program() -> None:
+        docker.Provider("p", host="unix:///var/run/docker.sock", ssh_opts=["-o", 3],  # type: ignore[list-item]
+                        registry_auth=[{"address": "r", "passwrod": "x"}])  # type: ignore[list-item]
+    violations = run(program).violations
+    assert any("pulumi:providers:docker 'p': sshOpts[1]: expected a string" in v for v in violations), violations
+    assert any("'p': registryAuth[0].passwrod: unknown key" in v for v in violations), violations
+
+
+@pytest.mark.parametrize(("inputs", "expected"), [
+    ({"host": "x", "sshOpts": "-o StrictHostKeyChecking=no"}, "sshOpts: expected a list, JSON-encoded"),
+    ({"host": "x", "disableDockerDaemonCheck": '"yes"'}, "disableDockerDaemonCheck: expected a boolean"),
+    ({"host": 3}, "host: expected a string"),
+])
+def test_provider_scalar_checks(inputs: dict[str, Any], expected: str) -> None:
+    assert any(expected in p for p in check_inputs("pulumi:providers:docker", inputs)), check_inputs(
+        "pulumi:providers:docker", inputs)
+
+
+def test_valid_provider_configuration_passes() -> None:
+    assert check_inputs("pulumi:providers:docker", {
+        "host": "ssh://admin@198.51.100.1", "sshOpts": '["-o", "StrictHostKeyChecking=yes"]',
+        "disableDockerDaemonCheck": "true", "version": "4.5.0"}) == []
