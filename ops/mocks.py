@@ -4,6 +4,10 @@
 against the SDK metadata (ops/strict.py) and records it. `StrictMocks` answers computed outputs
 deterministically (ids, image digests, addresses, generated passwords, ARNs) so Output-valued
 inputs resolve; an output it cannot answer resolves to a marker that fails the run where it is used.
+
+Where plain mocks differ from the engine, the monitor does what the engine does: a second
+resource with the same URN fails ("Duplicate resource URN"), and reads (`Resource.get`) are
+recorded and checked like registrations.
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ class Registration:
     ignore_changes: list[str]
     inputs: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
+    # A read (`Resource.get`, ReadResource): the id it reads; inputs are the state it passed.
+    read_id: str = ""
 
 
 @dataclass
@@ -60,7 +66,6 @@ class StrictMocks(mocks.Mocks):
         self.secret_values: set[str] = set(_leaves(secret_documents))
 
     def call(self, args: mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
-        self.invokes.append(Invocation(args.token, dict(args.args)))
         token, a = args.token, args.args
         h = digest(token, json.dumps(a, sort_keys=True, default=str))
         if token == "aws:secretsmanager/getSecretVersion:getSecretVersion":
@@ -89,7 +94,7 @@ class StrictMocks(mocks.Mocks):
         state = dict(args.inputs)
         computed = self._computed(args.typ, args.name, args.inputs, h)
         state.update(computed)
-        resource_id = str(computed.get("id") or f"{args.name}-{h[:8]}")
+        resource_id = str(args.resource_id or computed.get("id") or f"{args.name}-{h[:8]}")
         if args.custom:
             # Only string outputs can carry the marker; typed ones (enums, objects) would not translate.
             for prop, hint in output_properties(args.typ).items():
@@ -146,6 +151,7 @@ class StrictMonitor(mocks.MockMonitor):
         super().__init__(mocks_)
         self.strict = mocks_
         self.registrations: dict[str, Registration] = {}
+        self.reads: dict[str, Registration] = {}
         self.stack_outputs: dict[str, Any] = {}
 
     def RegisterResource(self, request: Any) -> Any:
@@ -159,7 +165,7 @@ class StrictMonitor(mocks.MockMonitor):
         if request.custom:
             self.strict.violations.extend(f"{label}: {p}" for p in check_inputs(request.type, inputs))
         self.strict.violations.extend(f"{label}: {p}" for p in find_unresolved(inputs))
-        self.registrations[urn] = Registration(
+        registration = Registration(
             urn=urn, type=request.type, name=request.name, custom=request.custom, parent=request.parent,
             provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
             dependencies=sorted(set(request.dependencies)),
@@ -168,13 +174,54 @@ class StrictMonitor(mocks.MockMonitor):
             delete_before_replace=bool(request.deleteBeforeReplace),
             replace_on_changes=sorted(request.replaceOnChanges), ignore_changes=sorted(request.ignoreChanges),
             inputs=inputs)
+        self._record(self.registrations, registration, label)
         args = mocks.MockResourceArgs(typ=request.type, name=request.name, inputs=inputs, provider=request.provider,
                                       resource_id=request.importId, custom=request.custom or False)
+        resource_id, answer = self._answer(urn, args)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=answer)
+
+    def ReadResource(self, request: Any) -> Any:
+        # MockMonitor.ReadResource answers a read but records nothing and checks nothing.
+        urn = self.make_urn(request.parent, request.type, request.name)
+        state = json_format.MessageToDict(request.properties)
+        label = f"{request.type} {request.name!r} (read)"
+        if not request.id or UNRESOLVED in request.id:
+            self.strict.violations.append(f"{label}: id: {request.id or 'empty'}: a read needs the id of an existing resource")
+        self.strict.violations.extend(f"{label}: {p}" for p in check_inputs(request.type, state, read=True))
+        self.strict.violations.extend(f"{label}: {p}" for p in find_unresolved(state))
+        registration = Registration(
+            urn=urn, type=request.type, name=request.name, custom=True, parent=request.parent,
+            provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
+            dependencies=sorted(set(request.dependencies)), property_dependencies={}, protect=False,
+            retain_on_delete=False, delete_before_replace=False, replace_on_changes=[], ignore_changes=[],
+            inputs=state, read_id=request.id)
+        self._record(self.reads, registration, label)
+        args = mocks.MockResourceArgs(typ=request.type, name=request.name, inputs=state, provider=request.provider,
+                                      resource_id=request.id, custom=True)
+        resource_id, answer = self._answer(urn, args)
+        return resource_pb2.ReadResourceResponse(urn=urn, id=resource_id, properties=answer)
+
+    def _record(self, into: dict[str, Registration], registration: Registration, label: str) -> None:
+        if registration.urn in self.registrations or registration.urn in self.reads:
+            # The engine's diagnostic 2001 (pkg/resource/deploy): plain mocks keep the last one silently.
+            self.strict.violations.append(
+                f"{label}: Duplicate resource URN '{registration.urn}'; try giving it a unique name")
+            return
+        into[registration.urn] = registration
+
+    def _answer(self, urn: str, args: mocks.MockResourceArgs) -> tuple[str, struct_pb2.Struct]:
         resource_id, state = self.strict.new_resource(args)
         answer = struct_pb2.Struct()
         answer.update(state)
         self.resources[urn] = mocks.MockMonitor.ResourceRegistration(urn, resource_id, state)
-        return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=answer)
+        return resource_id, answer
+
+    def Invoke(self, request: Any) -> Any:
+        args = json_format.MessageToDict(request.args)
+        if request.tok != "pulumi:pulumi:getResource":
+            self.strict.invokes.append(Invocation(request.tok, args))
+            self.strict.violations.extend(f"invoke {request.tok}: {p}" for p in find_unresolved(args))
+        return super().Invoke(request)
 
     def RegisterResourceOutputs(self, request: Any) -> Any:
         outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
@@ -182,6 +229,8 @@ class StrictMonitor(mocks.MockMonitor):
             self.registrations[request.urn].outputs = outputs
         elif "pulumi:pulumi:Stack" in request.urn:
             self.stack_outputs = outputs
+            self.strict.violations.extend(f"stack output {p}" for p in find_unresolved(
+                json_format.MessageToDict(request.outputs)))
         return super().RegisterResourceOutputs(request)
 
 

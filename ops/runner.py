@@ -43,6 +43,7 @@ class Recording:
     invokes: list[Invocation]
     stack_outputs: dict[str, Any]
     secret_values: set[str] = field(default_factory=set)
+    reads: dict[str, Registration] = field(default_factory=dict)
 
 
 def stack_file(stack: str) -> Path:
@@ -121,7 +122,8 @@ def run_stack(stack: str, *, secrets: Mapping[str, Any] | None = None, catalog: 
             _sync_await(run_in_stack(_program))
     if strict.violations:
         raise StrictMockError(stack, sorted(set(strict.violations)))
-    return Recording(stack, env, monitor.registrations, strict.invokes, monitor.stack_outputs, strict.secret_values)
+    return Recording(stack, env, monitor.registrations, strict.invokes, monitor.stack_outputs, strict.secret_values,
+                     monitor.reads)
 
 
 class SecretsFileError(Exception):

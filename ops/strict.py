@@ -22,6 +22,8 @@ PACKAGES = {"docker": "pulumi_docker", "aws": "pulumi_aws", "random": "pulumi_ra
             "command": "pulumi_command"}
 UNRESOLVED = "<unresolved-output:"
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
+# What `str(output)` returns instead of a value (pulumi/output.py: Output.__str__, _OutputToStringError).
+OUTPUT_STR = "Calling __str__ on an Output[T] is not supported"
 
 
 @cache
@@ -35,6 +37,15 @@ def args_class(token: str) -> type | None:
 
 def resource_class(token: str) -> type | None:
     return _sdk_class(token, "")
+
+
+@cache
+def state_class(token: str) -> type | None:
+    """`docker:index/network:Network` -> `pulumi_docker.network._NetworkState`: what `Network.get` takes."""
+    cls = resource_class(token)
+    if cls is None:
+        return None
+    return getattr(importlib.import_module(cls.__module__), f"_{token.rsplit(':', 1)[1]}State", None)
 
 
 def _sdk_class(token: str, suffix: str) -> type | None:
@@ -53,8 +64,9 @@ def output_properties(token: str) -> dict[str, Any]:
     return dict(ptypes.resource_types(cls)) if cls else {}
 
 
-def check_inputs(token: str, inputs: dict[str, Any]) -> list[str]:
-    cls = args_class(token)
+def check_inputs(token: str, inputs: dict[str, Any], *, read: bool = False) -> list[str]:
+    """Problems of a registration's inputs (`read`: of the state a `Resource.get` passes)."""
+    cls = state_class(token) if read else args_class(token)
     if cls is None:
         return [f"no input-type metadata for {token}: add its package to ops/strict.py"] if ":" in token and \
             token.split(":")[0] not in ("pulumi", "my-saas-chat") else []
@@ -173,12 +185,15 @@ def _join(path: str, key: str) -> str:
 
 
 def find_unresolved(value: Any, path: str = "") -> list[str]:
-    """Paths whose value came from an Output the mocks never resolved."""
+    """Paths whose value came from an Output the mocks never resolved, or from `str(output)`."""
     value = _unwrap_secret(value)
     if isinstance(value, str):
         if UNRESOLVED in value:
             source = value[value.index(UNRESOLVED) + len(UNRESOLVED):].split(">", 1)[0]
             return [f"{path}: built from an Output the mocks never resolved ({source})"]
+        if OUTPUT_STR in value:
+            return [f"{path or '(value)'}: an Output was formatted into a string (str(), f-string or format()): "
+                    "the engine gets Pulumi's warning text instead of the value; use .apply or Output.format"]
         return []
     if isinstance(value, dict):
         return [p for k, v in sorted(value.items()) for p in find_unresolved(v, _join(path, k))]

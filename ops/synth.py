@@ -1,6 +1,6 @@
 """`synth`: the whole desired state of a stack, offline, as reviewable files.
 
-resources.json  every resource with its options and inputs (secrets redacted), sorted, stable
+resources.json  every resource with its options and inputs (secrets redacted), and every read
 files/          every file the program places on the host, at its host path (secrets redacted)
 summary.md      per component: what runs, image, ports, routes, limits, secret names
 graph.mmd       Mermaid diagram of components and their dependencies
@@ -51,6 +51,9 @@ class Redactor:
 
 
 def resource_document(rec: Recording, redactor: Redactor) -> dict[str, Any]:
+    reads = [{"urn": r.urn, "type": r.type, "name": r.name, "id": r.read_id, "parent": r.parent,
+              "provider": r.provider, "inputs": redactor.tree(r.inputs)}
+             for r in sorted(rec.reads.values(), key=lambda r: r.urn)]
     resources = []
     for reg in sorted(rec.resources.values(), key=lambda r: r.urn):
         resources.append({
@@ -62,7 +65,7 @@ def resource_document(rec: Recording, redactor: Redactor) -> dict[str, Any]:
         })
     invokes = sorted(({"token": i.token, "args": redactor.tree(i.args)} for i in rec.invokes),
                      key=lambda i: json.dumps(i, sort_keys=True))
-    return {"stack": rec.stack, "resources": resources, "invokes": invokes,
+    return {"stack": rec.stack, "resources": resources, "reads": reads, "invokes": invokes,
             "outputs": redactor.tree(rec.stack_outputs)}
 
 

@@ -15,12 +15,20 @@ from ops.mocks import StrictMocks, StrictMonitor
 from ops.strict import check_inputs
 
 
-def run(program: Any) -> StrictMocks:
-    strict = StrictMocks("test", "eu-west-1", {})
-    mocks.set_mocks(strict, project="my-saas-chat", stack="test", preview=False, monitor=StrictMonitor(strict))
+def run_monitor(program: Any) -> StrictMonitor:
+    monitor = StrictMonitor(StrictMocks("test", "eu-west-1", {}))
+    mocks.set_mocks(monitor.strict, project="my-saas-chat", stack="test", preview=False, monitor=monitor)
     settings.set_root_resource(None)  # type: ignore[arg-type]
     _sync_await(run_in_stack(program))
-    return strict
+    return monitor
+
+
+def run(program: Any) -> StrictMocks:
+    return run_monitor(program).strict
+
+
+def local_provider() -> docker.Provider:
+    return docker.Provider("p", host="unix:///var/run/docker.sock")
 
 
 def test_misspelled_nested_key_fails() -> None:
@@ -61,8 +69,66 @@ def test_valid_inputs_pass() -> None:
                         {"image": "x", "memory": 512.0, "healthcheck": {"tests": ["CMD", "true"], "retries": 3.0}}) == []
 
 
-def local_provider() -> docker.Provider:
-    return docker.Provider("p", host="unix:///var/run/docker.sock")
+def test_two_resources_with_one_urn_fail() -> None:
+    def program() -> None:
+        provider = local_provider()
+        for _ in range(2):
+            docker.Network("data", name="d", opts=pulumi.ResourceOptions(provider=provider))
+    violations = run(program).violations
+    assert any("'data'" in v and "Duplicate resource URN 'urn:pulumi:test::my-saas-chat::pulumi:pulumi:Stack$"
+               "docker:index/network:Network::data'" in v for v in violations), violations
+
+
+def test_a_read_and_a_registration_with_one_urn_fail() -> None:
+    def program() -> None:
+        provider = local_provider()
+        docker.Network("data", name="d", opts=pulumi.ResourceOptions(provider=provider))
+        docker.Network.get("data", "net-123", opts=pulumi.ResourceOptions(provider=provider))
+    violations = run(program).violations
+    assert any("'data' (read)" in v and "Duplicate resource URN" in v for v in violations), violations
+
+
+def test_reads_are_recorded_and_checked() -> None:
+    def program() -> None:
+        provider = local_provider()
+        existing = docker.Network.get("existing", "net-123", opts=pulumi.ResourceOptions(provider=provider))
+        docker.Network.get("typo", "net-456", driver=3, opts=pulumi.ResourceOptions(provider=provider))  # type: ignore[arg-type]
+        docker.Container("c", image="sha256:abc", network_mode=existing.id, opts=pulumi.ResourceOptions(provider=provider))
+    monitor = run_monitor(program)
+    reads = {r.name: r for r in monitor.reads.values()}
+    assert sorted(reads) == ["existing", "typo"] and reads["existing"].read_id == "net-123"
+    assert reads["existing"].provider.endswith("pulumi:providers:docker::p")
+    assert not any(r.name in reads for r in monitor.registrations.values())
+    container = next(r for r in monitor.registrations.values() if r.name == "c")
+    assert container.inputs["networkMode"] == "net-123"  # the read's id, as the engine answers it
+    assert any("'typo' (read)" in v and "driver: expected a string" in v for v in monitor.strict.violations), \
+        monitor.strict.violations
+
+
+def test_reads_are_written_by_synth() -> None:
+    from ops import synth
+    from ops.runner import Recording
+
+    def program() -> None:
+        docker.Network.get("existing", "net-123", opts=pulumi.ResourceOptions(provider=local_provider()))
+    monitor = run_monitor(program)
+    rec = Recording("test", None, monitor.registrations, [], {}, set(), monitor.reads)  # type: ignore[arg-type]
+    document = synth.resource_document(rec, synth.Redactor(set()))
+    assert [(r["name"], r["id"], r["type"]) for r in document["reads"]] == [
+        ("existing", "net-123", "docker:index/network:Network")]
+    assert all(r["name"] != "existing" for r in document["resources"])
+
+
+def test_an_output_formatted_into_a_string_fails() -> None:
+    def program() -> None:
+        provider = local_provider()
+        image = docker.RemoteImage("i", name="nginx:1.27.2", opts=pulumi.ResourceOptions(provider=provider))
+        docker.Container("c", image=image.image_id, envs=[f"DIGEST={image.repo_digest}"],
+                         opts=pulumi.ResourceOptions(provider=provider))
+        pulumi.export("digest", f"{image.repo_digest}")
+    violations = run(program).violations
+    assert any("'c'" in v and "envs[0]: an Output was formatted into a string" in v for v in violations), violations
+    assert any(v.startswith("stack output digest: an Output was formatted") for v in violations), violations
 
 
 def test_provider_configuration_is_type_checked() -> None:
