@@ -153,10 +153,12 @@ class StrictMonitor(mocks.MockMonitor):
         self.registrations: dict[str, Registration] = {}
         self.reads: dict[str, Registration] = {}
         self.stack_outputs: dict[str, Any] = {}
+        self.calls = 0  # every request answered: progress, for the stall guard
 
     def RegisterResource(self, request: Any) -> Any:
         # Replaces MockMonitor.RegisterResource: same contract, but the request is decoded once and
         # the answer encoded synchronously (the SDK's async round trip dominated 1000-service runs).
+        self.calls += 1
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
             return resource_pb2.RegisterResourceResponse(urn=urn)
@@ -182,6 +184,7 @@ class StrictMonitor(mocks.MockMonitor):
 
     def ReadResource(self, request: Any) -> Any:
         # MockMonitor.ReadResource answers a read but records nothing and checks nothing.
+        self.calls += 1
         urn = self.make_urn(request.parent, request.type, request.name)
         state = json_format.MessageToDict(request.properties)
         label = f"{request.type} {request.name!r} (read)"
@@ -217,6 +220,7 @@ class StrictMonitor(mocks.MockMonitor):
         return resource_id, answer
 
     def Invoke(self, request: Any) -> Any:
+        self.calls += 1
         args = json_format.MessageToDict(request.args)
         if request.tok != "pulumi:pulumi:getResource":
             self.strict.invokes.append(Invocation(request.tok, args))
@@ -224,6 +228,7 @@ class StrictMonitor(mocks.MockMonitor):
         return super().Invoke(request)
 
     def RegisterResourceOutputs(self, request: Any) -> Any:
+        self.calls += 1
         outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
         if request.urn in self.registrations:
             self.registrations[request.urn].outputs = outputs

@@ -2,24 +2,38 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from typing import Any
 
 import pulumi
 import pulumi_docker as docker
 import pytest
-from pulumi.runtime import mocks, settings
-from pulumi.runtime.stack import run_in_stack
-from pulumi.runtime.sync_await import _sync_await
 
 from ops.mocks import StrictMocks, StrictMonitor
+from ops.runner import run_program
 from ops.strict import check_inputs
 
 
-def run_monitor(program: Any) -> StrictMonitor:
+def run_monitor(program: Any, stall_seconds: float = 60, timeout: float = 60) -> StrictMonitor:
+    """Run a tiny program under the strict mocks; a run that hangs fails the test instead."""
     monitor = StrictMonitor(StrictMocks("test", "eu-west-1", {}))
-    mocks.set_mocks(monitor.strict, project="my-saas-chat", stack="test", preview=False, monitor=monitor)
-    settings.set_root_resource(None)  # type: ignore[arg-type]
-    _sync_await(run_in_stack(program))
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        asyncio.set_event_loop(asyncio.new_event_loop())
+        try:
+            run_program(monitor.strict, monitor, program, stack="test", stall_seconds=stall_seconds)
+        except BaseException as exc:  # reported below, in the test's thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        pytest.fail(f"the program hung for {timeout:g} s without a word")
+    if failure:
+        raise failure[0]
     return monitor
 
 
@@ -129,6 +143,54 @@ def test_an_output_formatted_into_a_string_fails() -> None:
     violations = run(program).violations
     assert any("'c'" in v and "envs[0]: an Output was formatted into a string" in v for v in violations), violations
     assert any(v.startswith("stack output digest: an Output was formatted") for v in violations), violations
+
+
+def test_a_resource_created_inside_apply_fails() -> None:
+    def program() -> None:
+        provider = local_provider()
+        image = docker.RemoteImage("i", name="nginx:1.27.2", opts=pulumi.ResourceOptions(provider=provider))
+        image.repo_digest.apply(lambda digest: docker.Network(
+            "late", name=digest.replace("@", "-"), opts=pulumi.ResourceOptions(provider=provider)))
+    violations = run(program).violations
+    assert any(v.startswith("docker:index/network:Network 'late': created inside an Output.apply callback")
+               for v in violations), violations
+    assert not any("'i'" in v for v in violations), violations
+
+
+def test_a_depends_on_cycle_fails_naming_its_resources() -> None:
+    def program() -> None:
+        provider = local_provider()
+        later: asyncio.Future[pulumi.Resource] = asyncio.get_running_loop().create_future()
+        a = docker.Network("a", name="a", opts=pulumi.ResourceOptions(
+            provider=provider, depends_on=[pulumi.Output.from_input(later)]))  # type: ignore[list-item]
+        b = docker.Network("b", name="b", opts=pulumi.ResourceOptions(provider=provider, depends_on=[a]))
+        later.set_result(b)
+    violations = run_monitor(program, timeout=30).strict.violations
+    assert any("depends_on cycle: docker:index/network:Network 'a' -> docker:index/network:Network 'b' -> "
+               "docker:index/network:Network 'a'" in v for v in violations), violations
+
+
+def test_a_cycle_through_an_input_is_stopped_naming_what_never_registered() -> None:
+    def program() -> None:
+        provider = local_provider()
+        later: asyncio.Future[pulumi.Resource] = asyncio.get_running_loop().create_future()
+        a = docker.Network("a", name="a", opts=pulumi.ResourceOptions(
+            provider=provider, depends_on=[pulumi.Output.from_input(later)]))  # type: ignore[list-item]
+        b = docker.Network("b", name=a.name, opts=pulumi.ResourceOptions(provider=provider))  # waits for a's outputs
+        later.set_result(b)
+    violations = run_monitor(program, stall_seconds=1, timeout=30).strict.violations
+    assert any("made no progress for 1 s" in v and "never registered: docker:index/network:Network 'a', "
+               "docker:index/network:Network 'b'" in v for v in violations), violations
+
+
+def test_a_wait_that_never_ends_is_stopped_naming_what_never_registered() -> None:
+    def program() -> None:
+        never: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        name: pulumi.Output[str] = pulumi.Output.from_input(never)  # type: ignore[arg-type]
+        docker.Network("stuck", name=name, opts=pulumi.ResourceOptions(provider=local_provider()))
+    violations = run_monitor(program, stall_seconds=1, timeout=30).strict.violations
+    assert any("made no progress for 1 s" in v and "docker:index/network:Network 'stuck'" in v for v in violations), \
+        violations
 
 
 def test_provider_configuration_is_type_checked() -> None:
