@@ -10,6 +10,9 @@
   resource whose inputs wait for this one): nothing in the SDK sees it and the program waits
   forever. When nothing happens for `stall_seconds`, the run is stopped and the resources that
   never reached the monitor are named (a last resort, not the detector).
+- Invoke arguments that were secret: the SDK unwraps them before it sends the request
+  (pulumi/runtime/invoke.py: `_unwrap_rpc_secret_struct_properties`), so their wrapped form is
+  handed to the monitor to record.
 
 Everything patched is restored when the run ends.
 """
@@ -17,6 +20,7 @@ Everything patched is restored when the run ends.
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +29,7 @@ from typing import Any
 
 import pulumi.resource as resource_module
 import pulumi.runtime.resource as resource_runtime
+from google.protobuf import json_format, struct_pb2
 from pulumi.output import Output
 from pulumi.runtime import rpc
 from pulumi.runtime._depends_on import _resolve_depends_on
@@ -137,6 +142,20 @@ class Guard:
 
         return path if visit(start) else []
 
+    # -- secret invoke arguments -------------------------------------------------------------
+
+    def wrap_unwrap_secrets(self, original: Callable[[Any], tuple[Any, bool]]) -> Callable[[Any], tuple[Any, bool]]:
+        monitor = self.monitor
+
+        def unwrap(value: Any) -> tuple[Any, bool]:
+            plain, had_secrets = original(value)
+            if had_secrets and isinstance(value, struct_pb2.Struct) and isinstance(plain, struct_pb2.Struct):
+                key = json.dumps(json_format.MessageToDict(plain), sort_keys=True)
+                monitor.secret_invoke_args[key] = json_format.MessageToDict(value)
+            return plain, had_secrets
+
+        return unwrap
+
     # -- the last resort ---------------------------------------------------------------------
 
     def progress(self) -> tuple[int, int, int]:
@@ -171,11 +190,12 @@ class Guard:
 def strict_runtime(strict: StrictMocks, monitor: StrictMonitor, stall_seconds: float = STALL_SECONDS) -> Iterator[Guard]:
     guard = Guard(strict, monitor, stall_seconds)
     saved = (Output.apply, resource_module.register_resource, resource_module.read_resource,
-             resource_runtime._resolve_depends_on_urns)
+             resource_runtime._resolve_depends_on_urns, rpc._unwrap_rpc_secret_struct_properties)
     Output.apply = guard.wrap_apply(saved[0])  # type: ignore[method-assign]
     resource_module.register_resource = guard.wrap_construction(saved[1], "created")
     resource_module.read_resource = guard.wrap_construction(saved[2], "read")
     resource_runtime._resolve_depends_on_urns = guard.depends_on_urns
+    rpc._unwrap_rpc_secret_struct_properties = guard.wrap_unwrap_secrets(saved[4])  # type: ignore[assignment]
     stop = threading.Event()
     watchdog = threading.Thread(target=guard.watch, args=(stop,), name="strict-mocks-stall-guard", daemon=True)
     watchdog.start()
@@ -185,4 +205,4 @@ def strict_runtime(strict: StrictMocks, monitor: StrictMonitor, stall_seconds: f
         stop.set()
         watchdog.join()
         (Output.apply, resource_module.register_resource, resource_module.read_resource,  # type: ignore[method-assign]
-         resource_runtime._resolve_depends_on_urns) = saved
+         resource_runtime._resolve_depends_on_urns, rpc._unwrap_rpc_secret_struct_properties) = saved

@@ -6,8 +6,9 @@ deterministically (ids, image digests, addresses, generated passwords, ARNs) so 
 inputs resolve; an output it cannot answer resolves to a marker that fails the run where it is used.
 
 Where plain mocks differ from the engine, the monitor does what the engine does: a second
-resource with the same URN fails ("Duplicate resource URN"), and reads (`Resource.get`) are
-recorded and checked like registrations.
+resource with the same URN fails ("Duplicate resource URN"), reads (`Resource.get`) are recorded
+and checked like registrations, and outputs the provider marks secret (`additionalSecretOutputs`,
+e.g. `RandomPassword.result`, TLS private keys) come back secret, so what derives from them is too.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import mocks, rpc
 from pulumi.runtime.proto import resource_pb2
 
-from ops.strict import UNRESOLVED, check_inputs, find_unresolved, output_properties
+from ops.strict import UNRESOLVED, check_inputs, find_unresolved, is_secret, output_properties, secret
 
 ACCOUNT = "123456789012"
 
@@ -45,8 +46,11 @@ class Registration:
     delete_before_replace: bool
     replace_on_changes: list[str]
     ignore_changes: list[str]
+    # The wire inputs, secrets still wrapped ({SECRET_SIG: SECRET_VALUE_SIG, "value": ...}).
     inputs: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
+    # Outputs the provider marks secret (the request's additionalSecretOutputs).
+    secret_outputs: list[str] = field(default_factory=list)
     # A read (`Resource.get`, ReadResource): the id it reads; inputs are the state it passed.
     read_id: str = ""
 
@@ -54,6 +58,7 @@ class Registration:
 @dataclass
 class Invocation:
     token: str
+    # The wire arguments; secret ones still wrapped (see StrictMonitor.Invoke).
     args: dict[str, Any]
 
 
@@ -74,7 +79,9 @@ class StrictMocks(mocks.Mocks):
                 self.violations.append(f"invoke {token}: no value for secret {sid!r} in the secrets file")
                 return {}
             arn = f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:{sid}-{h[:6]}"
-            return {"secretString": self.secret_documents[sid], "arn": arn, "id": arn, "secretId": sid,
+            # Secret in the answer, as the provider's schema marks it (the SDK then makes the whole
+            # invoke result secret: pulumi/runtime/invoke.py, deserialize_properties_unwrap_secrets).
+            return {"secretString": secret(self.secret_documents[sid]), "arn": arn, "id": arn, "secretId": sid,
                     "versionId": h[:32], "versionStages": ["AWSCURRENT"]}
         answers: dict[str, dict[str, Any]] = {
             "aws:ec2/getAmi:getAmi": {"id": f"ami-{h[:17]}", "architecture": "x86_64", "name": "mocked"},
@@ -102,16 +109,17 @@ class StrictMocks(mocks.Mocks):
                     state.setdefault(prop, f"{UNRESOLVED}{args.typ}.{prop}>")
         return resource_id, state
 
+    def random_password(self, name: str, length: int, h: str) -> str:
+        return (h * 4)[:length]
+
     def _computed(self, typ: str, name: str, inputs: dict[str, Any], h: str) -> dict[str, Any]:
         arn = f"arn:aws:{typ.split(':')[1].split('/')[0]}:{self.region}:{ACCOUNT}:{name}"
         if typ == "random:index/randomPassword:RandomPassword":
-            length = int(inputs.get("length", 16))
-            result = (h * 4)[:length]
-            self.secret_values.add(result)
-            return {"result": result, "bcryptHash": f"$2a$10${h[:53]}"}
+            # Secret because the SDK asks for it (additionalSecretOutputs), not because of this mock.
+            return {"result": self.random_password(name, int(inputs.get("length", 16)), h),
+                    "bcryptHash": f"$2a$10${h[:53]}"}
         if typ == "tls:index/privateKey:PrivateKey":
             private = f"-----BEGIN OPENSSH PRIVATE KEY-----\nMOCK{h}\n-----END OPENSSH PRIVATE KEY-----\n"
-            self.secret_values.update({private, private.strip()})
             public = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{h[:43]}\n"
             return {"privateKeyOpenssh": private, "privateKeyPem": private, "privateKeyPemPkcs8": private,
                     "publicKeyOpenssh": public, "publicKeyPem": public, "publicKeyFingerprintSha256": f"SHA256:{h[:43]}",
@@ -153,6 +161,8 @@ class StrictMonitor(mocks.MockMonitor):
         self.registrations: dict[str, Registration] = {}
         self.reads: dict[str, Registration] = {}
         self.stack_outputs: dict[str, Any] = {}
+        # Invoke arguments the SDK unwrapped from secrets before sending (ops/guards.py fills it).
+        self.secret_invoke_args: dict[str, dict[str, Any]] = {}
         self.calls = 0  # every request answered: progress, for the stall guard
 
     def RegisterResource(self, request: Any) -> Any:
@@ -175,11 +185,11 @@ class StrictMonitor(mocks.MockMonitor):
             protect=bool(request.protect), retain_on_delete=bool(request.retainOnDelete),
             delete_before_replace=bool(request.deleteBeforeReplace),
             replace_on_changes=sorted(request.replaceOnChanges), ignore_changes=sorted(request.ignoreChanges),
-            inputs=inputs)
+            inputs=inputs, secret_outputs=sorted(request.additionalSecretOutputs))
         self._record(self.registrations, registration, label)
         args = mocks.MockResourceArgs(typ=request.type, name=request.name, inputs=inputs, provider=request.provider,
                                       resource_id=request.importId, custom=request.custom or False)
-        resource_id, answer = self._answer(urn, args)
+        resource_id, answer = self._answer(urn, args, request.additionalSecretOutputs)
         return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=answer)
 
     def ReadResource(self, request: Any) -> Any:
@@ -197,11 +207,11 @@ class StrictMonitor(mocks.MockMonitor):
             provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
             dependencies=sorted(set(request.dependencies)), property_dependencies={}, protect=False,
             retain_on_delete=False, delete_before_replace=False, replace_on_changes=[], ignore_changes=[],
-            inputs=state, read_id=request.id)
+            inputs=state, secret_outputs=sorted(request.additionalSecretOutputs), read_id=request.id)
         self._record(self.reads, registration, label)
         args = mocks.MockResourceArgs(typ=request.type, name=request.name, inputs=state, provider=request.provider,
                                       resource_id=request.id, custom=True)
-        resource_id, answer = self._answer(urn, args)
+        resource_id, answer = self._answer(urn, args, request.additionalSecretOutputs)
         return resource_pb2.ReadResourceResponse(urn=urn, id=resource_id, properties=answer)
 
     def _record(self, into: dict[str, Registration], registration: Registration, label: str) -> None:
@@ -212,8 +222,15 @@ class StrictMonitor(mocks.MockMonitor):
             return
         into[registration.urn] = registration
 
-    def _answer(self, urn: str, args: mocks.MockResourceArgs) -> tuple[str, struct_pb2.Struct]:
+    def _answer(self, urn: str, args: mocks.MockResourceArgs, secret_outputs: Any) -> tuple[str, struct_pb2.Struct]:
         resource_id, state = self.strict.new_resource(args)
+        # As the engine does after each step (pkg/resource/deploy/step_executor.go): every output
+        # named in additionalSecretOutputs is made secret; `id` never is. Inputs echoed back keep
+        # their wrappers, so an output whose input was secret stays secret too.
+        for name in secret_outputs:
+            if name != "id" and name in state and not is_secret(state[name]):
+                self.strict.secret_values.update(_strings(state[name]))
+                state[name] = secret(state[name])
         answer = struct_pb2.Struct()
         answer.update(state)
         self.resources[urn] = mocks.MockMonitor.ResourceRegistration(urn, resource_id, state)
@@ -222,6 +239,9 @@ class StrictMonitor(mocks.MockMonitor):
     def Invoke(self, request: Any) -> Any:
         self.calls += 1
         args = json_format.MessageToDict(request.args)
+        # The SDK unwraps secret arguments before it sends them (pulumi/runtime/invoke.py); record
+        # them as they were, so synth redacts them.
+        args = self.secret_invoke_args.get(json.dumps(args, sort_keys=True), args)
         if request.tok != "pulumi:pulumi:getResource":
             self.strict.invokes.append(Invocation(request.tok, args))
             self.strict.violations.extend(f"invoke {request.tok}: {p}" for p in find_unresolved(args))
@@ -237,6 +257,16 @@ class StrictMonitor(mocks.MockMonitor):
             self.strict.violations.extend(f"stack output {p}" for p in find_unresolved(
                 json_format.MessageToDict(request.outputs)))
         return super().RegisterResourceOutputs(request)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _leaves(documents: dict[str, str]) -> list[str]:

@@ -44,6 +44,8 @@ class Recording:
     resources: dict[str, Registration]
     invokes: list[Invocation]
     stack_outputs: dict[str, Any]
+    # Known secret values (secrets file, provider-secret outputs, config placeholders): synth's
+    # last check that none leaked; redaction itself follows secretness, not these values.
     secret_values: set[str] = field(default_factory=set)
     reads: dict[str, Registration] = field(default_factory=dict)
 

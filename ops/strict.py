@@ -21,7 +21,10 @@ from pulumi.output import Output
 PACKAGES = {"docker": "pulumi_docker", "aws": "pulumi_aws", "random": "pulumi_random", "tls": "pulumi_tls",
             "command": "pulumi_command"}
 UNRESOLVED = "<unresolved-output:"
+# The wire form of a secret (pulumi/runtime/rpc.py: _special_sig_key, _special_secret_sig):
+# {SECRET_SIG: SECRET_VALUE_SIG, "value": ...}.
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
+SECRET_VALUE_SIG = "1b47061264138c4ac30d75fd1eb44270"
 # What `str(output)` returns instead of a value (pulumi/output.py: Output.__str__, _OutputToStringError).
 OUTPUT_STR = "Calling __str__ on an Output[T] is not supported"
 
@@ -75,8 +78,17 @@ def check_inputs(token: str, inputs: dict[str, Any], *, read: bool = False) -> l
     return problems
 
 
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_VALUE_SIG and "value" in value
+
+
+def secret(value: Any) -> dict[str, Any]:
+    """`value` in the wire form of a secret, as the engine marks a secret output."""
+    return value if is_secret(value) else {SECRET_SIG: SECRET_VALUE_SIG, "value": value}
+
+
 def _unwrap_secret(value: Any) -> Any:
-    while isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
+    while is_secret(value):
         value = value["value"]
     return value
 

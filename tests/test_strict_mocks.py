@@ -127,7 +127,7 @@ def test_reads_are_written_by_synth() -> None:
         docker.Network.get("existing", "net-123", opts=pulumi.ResourceOptions(provider=local_provider()))
     monitor = run_monitor(program)
     rec = Recording("test", None, monitor.registrations, [], {}, set(), monitor.reads)  # type: ignore[arg-type]
-    document = synth.resource_document(rec, synth.Redactor(set()))
+    document = synth.resource_document(rec, synth.Redactor())
     assert [(r["name"], r["id"], r["type"]) for r in document["reads"]] == [
         ("existing", "net-123", "docker:index/network:Network")]
     assert all(r["name"] != "existing" for r in document["resources"])
