@@ -24,7 +24,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from config import Environment, StackInput, load_environment, read_stack_file
 from config.load import CATALOG_FILE, PROJECT, ROOT_DIR, SECRET_PLACEHOLDER
-from ops.guards import STALL_SECONDS, strict_runtime
+from ops.guards import STALL_SECONDS, DependsOnCycle, strict_runtime
 from ops.mocks import Invocation, Registration, StrictMocks, StrictMonitor
 
 PROGRAM = ROOT_DIR / "__main__.py"
@@ -132,8 +132,8 @@ def run_program(strict: StrictMocks, monitor: StrictMonitor, program: Callable[[
                 project: str = PROJECT, stall_seconds: float = STALL_SECONDS) -> None:
     """Run `program` as the Pulumi program of a stack under the strict mocks (ops/guards.py watching).
 
-    A failure the strict mocks explain (a violation was recorded) is left to the caller to report
-    with the violations; any other failure of the program is raised as is.
+    When a violation was recorded, a failure of the program is added to the violations (it may be
+    their consequence, and is never dropped) for the caller to report; otherwise it is raised as is.
     """
     mocks.set_mocks(strict, project=project, stack=stack, preview=False, monitor=monitor)
     settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack makes the root stack
@@ -145,9 +145,11 @@ def run_program(strict: StrictMocks, monitor: StrictMonitor, program: Callable[[
 
         try:
             _sync_await(run_in_stack(main))
-        except (Exception, asyncio.CancelledError):
+        except (Exception, asyncio.CancelledError) as error:
             if not strict.violations:
                 raise
+            if not isinstance(error, (DependsOnCycle, asyncio.CancelledError)):  # those are violations already
+                strict.violations.append(f"the program failed: {type(error).__name__}: {error}")
 
 
 class SecretsFileError(Exception):

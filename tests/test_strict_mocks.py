@@ -170,6 +170,15 @@ def test_a_depends_on_cycle_fails_naming_its_resources() -> None:
                "docker:index/network:Network 'a'" in v for v in violations), violations
 
 
+def test_a_failure_beside_a_violation_is_reported_too() -> None:
+    def program() -> None:
+        docker.Container("c", image="sha256:abc", healthcheck={"testz": ["CMD", "true"]},  # type: ignore[call-overload]
+                         opts=pulumi.ResourceOptions(provider=local_provider()))
+        raise ValueError("boom")
+    violations = run(program).violations
+    assert any("healthcheck.testz" in v for v in violations) and "the program failed: ValueError: boom" in violations
+
+
 def test_a_cycle_through_an_input_is_stopped_naming_what_never_registered() -> None:
     def program() -> None:
         provider = local_provider()
