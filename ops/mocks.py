@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +23,7 @@ from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import mocks, rpc
 from pulumi.runtime.proto import resource_pb2
 
-from ops.strict import UNRESOLVED, check_inputs, find_unresolved, is_secret, output_properties, secret
+from ops.strict import OUTPUT_STR, UNRESOLVED, check_inputs, find_unresolved, is_secret, output_properties, secret
 
 ACCOUNT = "123456789012"
 
@@ -160,6 +161,9 @@ class StrictMonitor(mocks.MockMonitor):
         self.strict = mocks_
         self.registrations: dict[str, Registration] = {}
         self.reads: dict[str, Registration] = {}
+        # The SDK calls the monitor from an executor's threads: the duplicate check and the insert
+        # must be one step.
+        self._lock = threading.Lock()
         self.stack_outputs: dict[str, Any] = {}
         # Invoke arguments the SDK unwrapped from secrets before sending (ops/guards.py fills it).
         self.secret_invoke_args: dict[str, dict[str, Any]] = {}
@@ -215,12 +219,16 @@ class StrictMonitor(mocks.MockMonitor):
         return resource_pb2.ReadResourceResponse(urn=urn, id=resource_id, properties=answer)
 
     def _record(self, into: dict[str, Registration], registration: Registration, label: str) -> None:
-        if registration.urn in self.registrations or registration.urn in self.reads:
-            # The engine's diagnostic 2001 (pkg/resource/deploy): plain mocks keep the last one silently.
-            self.strict.violations.append(
-                f"{label}: Duplicate resource URN '{registration.urn}'; try giving it a unique name")
-            return
-        into[registration.urn] = registration
+        if OUTPUT_STR in registration.name:
+            self.strict.violations.append(f"{registration.type} (name {registration.name.splitlines()[0]!r}...): "
+                                          "its name was built from an Output formatted into a string")
+        with self._lock:
+            if registration.urn in self.registrations or registration.urn in self.reads:
+                # The engine's diagnostic 2001 (pkg/resource/deploy): plain mocks keep the last one silently.
+                self.strict.violations.append(
+                    f"{label}: Duplicate resource URN '{registration.urn}'; try giving it a unique name")
+                return
+            into[registration.urn] = registration
 
     def _answer(self, urn: str, args: mocks.MockResourceArgs, secret_outputs: Any) -> tuple[str, struct_pb2.Struct]:
         resource_id, state = self.strict.new_resource(args)

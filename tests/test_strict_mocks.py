@@ -145,6 +145,16 @@ def test_an_output_formatted_into_a_string_fails() -> None:
     assert any(v.startswith("stack output digest: an Output was formatted") for v in violations), violations
 
 
+def test_a_name_built_from_an_output_formatted_into_a_string_fails() -> None:
+    def program() -> None:
+        provider = local_provider()
+        image = docker.RemoteImage("i", name="nginx:1.27.2", opts=pulumi.ResourceOptions(provider=provider))
+        docker.Network(f"net-{image.repo_digest}", opts=pulumi.ResourceOptions(provider=provider))
+    violations = run(program).violations
+    assert any(v.startswith("docker:index/network:Network (name 'net-Calling __str__") and "formatted into a string"
+               in v for v in violations), violations
+
+
 def test_a_resource_created_inside_apply_fails() -> None:
     def program() -> None:
         provider = local_provider()
