@@ -103,6 +103,17 @@ def test_outputs_the_provider_marks_secret_come_back_secret() -> None:
     assert password.secret_outputs == ["bcryptHash", "result"]
 
 
+def test_an_input_echoed_into_a_secret_output_is_not_taken_for_a_generated_secret() -> None:
+    def program() -> None:
+        docker.Network("n", name="public-network-name", opts=pulumi.ResourceOptions(
+            provider=local_provider(), additional_secret_outputs=["name"]))
+    monitor = run_monitor(program)
+    # The output is secret (the engine marks it so), but the value came in as a plain input that the
+    # program shows anyway: the last-defence scan must not call that a leak.
+    assert "public-network-name" not in monitor.strict.secret_values
+    assert next(r for r in monitor.registrations.values() if r.name == "n").secret_outputs == ["name"]
+
+
 def test_a_secret_invoke_argument_is_recorded_secret() -> None:
     import pulumi_aws as aws
 
