@@ -59,10 +59,17 @@ def synth(
         except Exception as error:
             typer.echo(f"stack {name}: the program failed: {error}", err=True)
             raise typer.Exit(1) from None
-    # Written only once every stack synthesized: nothing half-applied.
+    rendered = []
     for rec in recordings:
+        try:
+            rendered.append(writer.render(rec))
+        except writer.SecretLeakError as error:
+            typer.echo(f"stack {rec.stack}: {error}", err=True)
+            raise typer.Exit(1) from None
+    # Written only once every stack synthesized: nothing half-applied.
+    for rec, outputs in zip(recordings, rendered, strict=True):
         target = out / rec.stack if all_stacks else out
-        writer.write(rec, target)
+        writer.write(rec, target, outputs)
         typer.echo(f"{rec.stack}: {len(rec.resources)} resources -> {target}")
 
 

@@ -4,12 +4,18 @@
 against the SDK metadata (ops/strict.py) and records it. `StrictMocks` answers computed outputs
 deterministically (ids, image digests, addresses, generated passwords, ARNs) so Output-valued
 inputs resolve; an output it cannot answer resolves to a marker that fails the run where it is used.
+
+Where plain mocks differ from the engine, the monitor does what the engine does: a second
+resource with the same URN fails ("Duplicate resource URN"), reads (`Resource.get`) are recorded
+and checked like registrations, and outputs the provider marks secret (`additionalSecretOutputs`,
+e.g. `RandomPassword.result`, TLS private keys) come back secret, so what derives from them is too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +23,7 @@ from google.protobuf import json_format, struct_pb2
 from pulumi.runtime import mocks, rpc
 from pulumi.runtime.proto import resource_pb2
 
-from ops.strict import UNRESOLVED, check_inputs, find_unresolved, output_properties
+from ops.strict import OUTPUT_STR, UNRESOLVED, check_inputs, find_unresolved, is_secret, output_properties, secret
 
 ACCOUNT = "123456789012"
 
@@ -41,15 +47,21 @@ class Registration:
     delete_before_replace: bool
     replace_on_changes: list[str]
     ignore_changes: list[str]
+    # The wire inputs, secrets still wrapped ({SECRET_SIG: SECRET_VALUE_SIG, "value": ...}).
     inputs: dict[str, Any]
     outputs: dict[str, Any] = field(default_factory=dict)
     # False when the program left the choice to the provider (pulumi-docker: delete first).
     delete_before_replace_defined: bool = False
+    # Outputs the provider marks secret (the request's additionalSecretOutputs).
+    secret_outputs: list[str] = field(default_factory=list)
+    # A read (`Resource.get`, ReadResource): the id it reads; inputs are the state it passed.
+    read_id: str = ""
 
 
 @dataclass
 class Invocation:
     token: str
+    # The wire arguments; secret ones still wrapped (see StrictMonitor.Invoke).
     args: dict[str, Any]
 
 
@@ -62,7 +74,6 @@ class StrictMocks(mocks.Mocks):
         self.secret_values: set[str] = set(_leaves(secret_documents))
 
     def call(self, args: mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
-        self.invokes.append(Invocation(args.token, dict(args.args)))
         token, a = args.token, args.args
         h = digest(token, json.dumps(a, sort_keys=True, default=str))
         if token == "aws:secretsmanager/getSecretVersion:getSecretVersion":
@@ -71,7 +82,9 @@ class StrictMocks(mocks.Mocks):
                 self.violations.append(f"invoke {token}: no value for secret {sid!r} in the secrets file")
                 return {}
             arn = f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:{sid}-{h[:6]}"
-            return {"secretString": self.secret_documents[sid], "arn": arn, "id": arn, "secretId": sid,
+            # Secret in the answer, as the provider's schema marks it (the SDK then makes the whole
+            # invoke result secret: pulumi/runtime/invoke.py, deserialize_properties_unwrap_secrets).
+            return {"secretString": secret(self.secret_documents[sid]), "arn": arn, "id": arn, "secretId": sid,
                     "versionId": h[:32], "versionStages": ["AWSCURRENT"]}
         answers: dict[str, dict[str, Any]] = {
             "aws:ec2/getAmi:getAmi": {"id": f"ami-{h[:17]}", "architecture": "x86_64", "name": "mocked"},
@@ -94,7 +107,7 @@ class StrictMocks(mocks.Mocks):
         state = dict(args.inputs)
         computed = self._computed(args.typ, args.name, args.inputs, h)
         state.update(computed)
-        resource_id = str(computed.get("id") or f"{args.name}-{h[:8]}")
+        resource_id = str(args.resource_id or computed.get("id") or f"{args.name}-{h[:8]}")
         if args.custom:
             # Only string outputs can carry the marker; typed ones (enums, objects) would not translate.
             for prop, hint in output_properties(args.typ).items():
@@ -102,16 +115,17 @@ class StrictMocks(mocks.Mocks):
                     state.setdefault(prop, f"{UNRESOLVED}{args.typ}.{prop}>")
         return resource_id, state
 
+    def random_password(self, name: str, length: int, h: str) -> str:
+        return (h * 4)[:length]
+
     def _computed(self, typ: str, name: str, inputs: dict[str, Any], h: str) -> dict[str, Any]:
         arn = f"arn:aws:{typ.split(':')[1].split('/')[0]}:{self.region}:{ACCOUNT}:{name}"
         if typ == "random:index/randomPassword:RandomPassword":
-            length = int(inputs.get("length", 16))
-            result = (h * 4)[:length]
-            self.secret_values.add(result)
-            return {"result": result, "bcryptHash": f"$2a$10${h[:53]}"}
+            # Secret because the SDK asks for it (additionalSecretOutputs), not because of this mock.
+            return {"result": self.random_password(name, int(inputs.get("length", 16)), h),
+                    "bcryptHash": f"$2a$10${h[:53]}"}
         if typ == "tls:index/privateKey:PrivateKey":
             private = f"-----BEGIN OPENSSH PRIVATE KEY-----\nMOCK{h}\n-----END OPENSSH PRIVATE KEY-----\n"
-            self.secret_values.update({private, private.strip()})
             public = f"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA{h[:43]}\n"
             return {"privateKeyOpenssh": private, "privateKeyPem": private, "privateKeyPemPkcs8": private,
                     "publicKeyOpenssh": public, "publicKeyPem": public, "publicKeyFingerprintSha256": f"SHA256:{h[:43]}",
@@ -151,11 +165,19 @@ class StrictMonitor(mocks.MockMonitor):
         super().__init__(mocks_)
         self.strict = mocks_
         self.registrations: dict[str, Registration] = {}
+        self.reads: dict[str, Registration] = {}
+        # The SDK calls the monitor from an executor's threads: the duplicate check and the insert
+        # must be one step.
+        self._lock = threading.Lock()
         self.stack_outputs: dict[str, Any] = {}
+        # Invoke arguments the SDK unwrapped from secrets before sending (ops/guards.py fills it).
+        self.secret_invoke_args: dict[str, dict[str, Any]] = {}
+        self.calls = 0  # every request answered: progress, for the stall guard
 
     def RegisterResource(self, request: Any) -> Any:
         # Replaces MockMonitor.RegisterResource: same contract, but the request is decoded once and
         # the answer encoded synchronously (the SDK's async round trip dominated 1000-service runs).
+        self.calls += 1
         urn = self.make_urn(request.parent, request.type, request.name)
         if request.type == "pulumi:pulumi:Stack":
             return resource_pb2.RegisterResourceResponse(urn=urn)
@@ -164,7 +186,7 @@ class StrictMonitor(mocks.MockMonitor):
         if request.custom:
             self.strict.violations.extend(f"{label}: {p}" for p in check_inputs(request.type, inputs))
         self.strict.violations.extend(f"{label}: {p}" for p in find_unresolved(inputs))
-        self.registrations[urn] = Registration(
+        registration = Registration(
             urn=urn, type=request.type, name=request.name, custom=request.custom, parent=request.parent,
             provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
             dependencies=sorted(set(request.dependencies)),
@@ -173,22 +195,93 @@ class StrictMonitor(mocks.MockMonitor):
             delete_before_replace=bool(request.deleteBeforeReplace),
             delete_before_replace_defined=bool(request.deleteBeforeReplaceDefined),
             replace_on_changes=sorted(request.replaceOnChanges), ignore_changes=sorted(request.ignoreChanges),
-            inputs=inputs)
+            inputs=inputs, secret_outputs=sorted(request.additionalSecretOutputs))
+        self._record(self.registrations, registration, label)
         args = mocks.MockResourceArgs(typ=request.type, name=request.name, inputs=inputs, provider=request.provider,
                                       resource_id=request.importId, custom=request.custom or False)
+        resource_id, answer = self._answer(urn, args, request.additionalSecretOutputs)
+        return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=answer)
+
+    def ReadResource(self, request: Any) -> Any:
+        # MockMonitor.ReadResource answers a read but records nothing and checks nothing.
+        self.calls += 1
+        urn = self.make_urn(request.parent, request.type, request.name)
+        state = json_format.MessageToDict(request.properties)
+        label = f"{request.type} {request.name!r} (read)"
+        if not request.id or UNRESOLVED in request.id:
+            self.strict.violations.append(f"{label}: id: {request.id or 'empty'}: a read needs the id of an existing resource")
+        self.strict.violations.extend(f"{label}: {p}" for p in check_inputs(request.type, state, read=True))
+        self.strict.violations.extend(f"{label}: {p}" for p in find_unresolved(state))
+        registration = Registration(
+            urn=urn, type=request.type, name=request.name, custom=True, parent=request.parent,
+            provider=request.provider.rsplit("::", 1)[0] if request.provider else "",
+            dependencies=sorted(set(request.dependencies)), property_dependencies={}, protect=False,
+            retain_on_delete=False, delete_before_replace=False, replace_on_changes=[], ignore_changes=[],
+            inputs=state, secret_outputs=sorted(request.additionalSecretOutputs), read_id=request.id)
+        self._record(self.reads, registration, label)
+        args = mocks.MockResourceArgs(typ=request.type, name=request.name, inputs=state, provider=request.provider,
+                                      resource_id=request.id, custom=True)
+        resource_id, answer = self._answer(urn, args, request.additionalSecretOutputs)
+        return resource_pb2.ReadResourceResponse(urn=urn, id=resource_id, properties=answer)
+
+    def _record(self, into: dict[str, Registration], registration: Registration, label: str) -> None:
+        if OUTPUT_STR in registration.name:
+            self.strict.violations.append(f"{registration.type} (name {registration.name.splitlines()[0]!r}...): "
+                                          "its name was built from an Output formatted into a string")
+        with self._lock:
+            if registration.urn in self.registrations or registration.urn in self.reads:
+                # The engine's diagnostic 2001 (pkg/resource/deploy): plain mocks keep the last one silently.
+                self.strict.violations.append(
+                    f"{label}: Duplicate resource URN '{registration.urn}'; try giving it a unique name")
+                return
+            into[registration.urn] = registration
+
+    def _answer(self, urn: str, args: mocks.MockResourceArgs, secret_outputs: Any) -> tuple[str, struct_pb2.Struct]:
         resource_id, state = self.strict.new_resource(args)
+        # As the engine does after each step (pkg/resource/deploy/step_executor.go): every output
+        # named in additionalSecretOutputs is made secret; `id` never is. Inputs echoed back keep
+        # their wrappers, so an output whose input was secret stays secret too.
+        for name in secret_outputs:
+            if name != "id" and name in state and not is_secret(state[name]):
+                if name not in args.inputs:  # generated by the provider: a value synth must never show
+                    self.strict.secret_values.update(_strings(state[name]))
+                state[name] = secret(state[name])
         answer = struct_pb2.Struct()
         answer.update(state)
         self.resources[urn] = mocks.MockMonitor.ResourceRegistration(urn, resource_id, state)
-        return resource_pb2.RegisterResourceResponse(urn=urn, id=resource_id, object=answer)
+        return resource_id, answer
+
+    def Invoke(self, request: Any) -> Any:
+        self.calls += 1
+        args = json_format.MessageToDict(request.args)
+        # The SDK unwraps secret arguments before it sends them (pulumi/runtime/invoke.py); record
+        # them as they were, so synth redacts them.
+        args = self.secret_invoke_args.get(json.dumps(args, sort_keys=True), args)
+        if request.tok != "pulumi:pulumi:getResource":
+            self.strict.invokes.append(Invocation(request.tok, args))
+            self.strict.violations.extend(f"invoke {request.tok}: {p}" for p in find_unresolved(args))
+        return super().Invoke(request)
 
     def RegisterResourceOutputs(self, request: Any) -> Any:
+        self.calls += 1
         outputs = rpc.deserialize_properties(request.outputs, keep_unknowns=True)
         if request.urn in self.registrations:
             self.registrations[request.urn].outputs = outputs
         elif "pulumi:pulumi:Stack" in request.urn:
             self.stack_outputs = outputs
+            self.strict.violations.extend(f"stack output {p}" for p in find_unresolved(
+                json_format.MessageToDict(request.outputs)))
         return super().RegisterResourceOutputs(request)
+
+
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, dict):
+        return [s for v in value.values() for s in _strings(v)]
+    if isinstance(value, list):
+        return [s for v in value for s in _strings(v)]
+    return []
 
 
 def _leaves(documents: dict[str, str]) -> list[str]:

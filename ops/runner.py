@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import os
 import runpy
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +25,7 @@ from pulumi.runtime.sync_await import _sync_await
 
 from config import Environment, StackInput, load_environment, read_stack_file
 from config.load import CATALOG_FILE, PROJECT, ROOT_DIR, SECRET_PLACEHOLDER
+from ops.guards import STALL_SECONDS, DependsOnCycle, strict_runtime
 from ops.mocks import Invocation, Registration, StrictMocks, StrictMonitor
 
 PROGRAM = ROOT_DIR / "__main__.py"
@@ -43,7 +45,10 @@ class Recording:
     resources: dict[str, Registration]
     invokes: list[Invocation]
     stack_outputs: dict[str, Any]
+    # Known secret values (secrets file, provider-secret outputs, config placeholders): synth's
+    # last check that none leaked; redaction itself follows secretness, not these values.
     secret_values: set[str] = field(default_factory=set)
+    reads: dict[str, Registration] = field(default_factory=dict)
 
 
 def stack_file(stack: str) -> Path:
@@ -131,14 +136,37 @@ def run_stack(stack: str, *, secrets: Mapping[str, Any] | None = None, catalog: 
         strict = StrictMocks(stack, region_of(path), documents)
         strict.secret_values.update(_config_placeholders(stack_input))
         monitor = StrictMonitor(strict)
-        mocks.set_mocks(strict, project=PROJECT, stack=stack, preview=False, monitor=monitor)
-        settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack makes the root stack
         runtime_config.set_all_config(*_engine_config(path, stack_input))
         with _lean_runtime(), _scratch_home():
-            _sync_await(run_in_stack(_program))
+            run_program(strict, monitor, _program, stack=stack)
     if strict.violations:
         raise StrictMockError(stack, sorted(set(strict.violations)))
-    return Recording(stack, env, monitor.registrations, strict.invokes, monitor.stack_outputs, strict.secret_values)
+    return Recording(stack, env, monitor.registrations, strict.invokes, monitor.stack_outputs, strict.secret_values,
+                     monitor.reads)
+
+
+def run_program(strict: StrictMocks, monitor: StrictMonitor, program: Callable[[], Any], *, stack: str,
+                project: str = PROJECT, stall_seconds: float = STALL_SECONDS) -> None:
+    """Run `program` as the Pulumi program of a stack under the strict mocks (ops/guards.py watching).
+
+    When a violation was recorded, a failure of the program is added to the violations (it may be
+    their consequence, and is never dropped) for the caller to report; otherwise it is raised as is.
+    """
+    mocks.set_mocks(strict, project=project, stack=stack, preview=False, monitor=monitor)
+    settings.set_root_resource(None)  # type: ignore[arg-type]  # run_in_stack makes the root stack
+    settings.SETTINGS.outputs.clear()  # what an earlier, stopped run left behind
+    with strict_runtime(strict, monitor, stall_seconds) as guard:
+        def main() -> None:
+            guard.loop = asyncio.get_running_loop()
+            program()
+
+        try:
+            _sync_await(run_in_stack(main))
+        except (Exception, asyncio.CancelledError) as error:
+            if not strict.violations:
+                raise
+            if not isinstance(error, (DependsOnCycle, asyncio.CancelledError)):  # those are violations already
+                strict.violations.append(f"the program failed: {type(error).__name__}: {error}")
 
 
 class SecretsFileError(Exception):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections.abc
 import importlib
+import json
 import typing
 from functools import cache
 from typing import Any
@@ -20,7 +21,12 @@ from pulumi.output import Output
 PACKAGES = {"docker": "pulumi_docker", "aws": "pulumi_aws", "random": "pulumi_random", "tls": "pulumi_tls",
             "command": "pulumi_command"}
 UNRESOLVED = "<unresolved-output:"
+# The wire form of a secret (pulumi/runtime/rpc.py: _special_sig_key, _special_secret_sig):
+# {SECRET_SIG: SECRET_VALUE_SIG, "value": ...}.
 SECRET_SIG = "4dabf18193072939515e22adb298388d"
+SECRET_VALUE_SIG = "1b47061264138c4ac30d75fd1eb44270"
+# What `str(output)` returns instead of a value (pulumi/output.py: Output.__str__, _OutputToStringError).
+OUTPUT_STR = "Calling __str__ on an Output[T] is not supported"
 
 
 @cache
@@ -34,6 +40,15 @@ def args_class(token: str) -> type | None:
 
 def resource_class(token: str) -> type | None:
     return _sdk_class(token, "")
+
+
+@cache
+def state_class(token: str) -> type | None:
+    """`docker:index/network:Network` -> `pulumi_docker.network._NetworkState`: what `Network.get` takes."""
+    cls = resource_class(token)
+    if cls is None:
+        return None
+    return getattr(importlib.import_module(cls.__module__), f"_{token.rsplit(':', 1)[1]}State", None)
 
 
 def _sdk_class(token: str, suffix: str) -> type | None:
@@ -52,8 +67,9 @@ def output_properties(token: str) -> dict[str, Any]:
     return dict(ptypes.resource_types(cls)) if cls else {}
 
 
-def check_inputs(token: str, inputs: dict[str, Any]) -> list[str]:
-    cls = args_class(token)
+def check_inputs(token: str, inputs: dict[str, Any], *, read: bool = False) -> list[str]:
+    """Problems of a registration's inputs (`read`: of the state a `Resource.get` passes)."""
+    cls = state_class(token) if read else args_class(token)
     if cls is None:
         return [f"no input-type metadata for {token}: add its package to ops/strict.py"] if ":" in token and \
             token.split(":")[0] not in ("pulumi", "my-saas-chat") else []
@@ -62,8 +78,17 @@ def check_inputs(token: str, inputs: dict[str, Any]) -> list[str]:
     return problems
 
 
+def is_secret(value: Any) -> bool:
+    return isinstance(value, dict) and value.get(SECRET_SIG) == SECRET_VALUE_SIG and "value" in value
+
+
+def secret(value: Any) -> dict[str, Any]:
+    """`value` in the wire form of a secret, as the engine marks a secret output."""
+    return value if is_secret(value) else {SECRET_SIG: SECRET_VALUE_SIG, "value": value}
+
+
 def _unwrap_secret(value: Any) -> Any:
-    while isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
+    while is_secret(value):
         value = value["value"]
     return value
 
@@ -102,9 +127,22 @@ def _check_value(hint: Any, value: Any, path: str, problems: list[str], provider
     origin = typing.get_origin(hint)
     if isinstance(value, str) and value.startswith(UNRESOLVED):
         return  # reported once by the scan for unresolved outputs
+    if provider:
+        # Provider configuration that is not a string arrives JSON-encoded (the SDKs apply
+        # `pulumi.runtime.to_json` to it); the provider decodes it, so check what it decodes.
+        if hint is str or hint is Any or not isinstance(value, str):
+            provider = False
+        else:
+            try:
+                value = _unwrap_secret(json.loads(value))
+            except json.JSONDecodeError:
+                problems.append(f"{path}: expected {_describe(hint)}, JSON-encoded (provider configuration), "
+                                f"got {value!r}")
+                return
+            if value is None:
+                return
+            provider = False
     if origin in (list, collections.abc.Sequence):
-        if provider and isinstance(value, str):
-            return  # provider configuration arrives JSON-encoded
         if not isinstance(value, list):
             problems.append(f"{path}: expected a list, got {type(value).__name__}")
             return
@@ -121,13 +159,20 @@ def _check_value(hint: Any, value: Any, path: str, problems: list[str], provider
     elif hint is str and not isinstance(value, str):
         problems.append(f"{path}: expected a string, got {type(value).__name__} {value!r}")
     elif hint is bool and not isinstance(value, bool):
-        if not (provider and value in ("true", "false")):
-            problems.append(f"{path}: expected a boolean, got {type(value).__name__} {value!r}")
+        problems.append(f"{path}: expected a boolean, got {type(value).__name__} {value!r}")
     elif hint is int and (isinstance(value, bool) or not isinstance(value, (int, float)) or float(value) != int(value)):
-        if not (provider and isinstance(value, str) and value.isdigit()):
-            problems.append(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
+        problems.append(f"{path}: expected an integer, got {type(value).__name__} {value!r}")
     elif hint is float and (isinstance(value, bool) or not isinstance(value, (int, float))):
         problems.append(f"{path}: expected a number, got {type(value).__name__} {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (list, collections.abc.Sequence):
+        return "a list"
+    if origin in (dict, collections.abc.Mapping) or (isinstance(hint, type) and ptypes.is_input_type(hint)):
+        return "an object"
+    return {bool: "a boolean", int: "an integer", float: "a number"}.get(hint, str(hint))
 
 
 def _strip_input(hint: Any) -> Any:
@@ -152,12 +197,15 @@ def _join(path: str, key: str) -> str:
 
 
 def find_unresolved(value: Any, path: str = "") -> list[str]:
-    """Paths whose value came from an Output the mocks never resolved."""
+    """Paths whose value came from an Output the mocks never resolved, or from `str(output)`."""
     value = _unwrap_secret(value)
     if isinstance(value, str):
         if UNRESOLVED in value:
             source = value[value.index(UNRESOLVED) + len(UNRESOLVED):].split(">", 1)[0]
             return [f"{path}: built from an Output the mocks never resolved ({source})"]
+        if OUTPUT_STR in value:
+            return [f"{path or '(value)'}: an Output was formatted into a string (str(), f-string or format()): "
+                    "the engine gets Pulumi's warning text instead of the value; use .apply or Output.format"]
         return []
     if isinstance(value, dict):
         return [p for k, v in sorted(value.items()) for p in find_unresolved(v, _join(path, k))]

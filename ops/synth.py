@@ -1,56 +1,84 @@
 """`synth`: the whole desired state of a stack, offline, as reviewable files.
 
-resources.json  every resource with its options and inputs (secrets redacted), sorted, stable
-files/          every file the program places on the host, at its host path (secrets redacted)
-summary.md      per component: what runs, image, ports, routes, limits, secret names
+resources.json  every resource with its options and inputs, and every read, sorted, stable
+files/          every file the program places on the host, at its host path
+summary.md      per component: what runs, image, ports, routes, limits, environment by source
 graph.mmd       Mermaid diagram of components and their dependencies
+
+Redaction follows secretness, as the engine's does: a value the wire marks secret (a secret
+Output, anything derived from one, an output the provider marks secret) is written as `[secret]`
+whole, whatever its length or encoding, and nothing is matched as text. As a last defence, known
+secret values are looked for in everything about to be written, raw and encoded (URL, JSON,
+base64); finding one fails synth and writes nothing.
 """
 
 from __future__ import annotations
 
+import base64
 import json
-import re
 import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import yaml
 
+from config import StoreUrl, service_env
+from config.model import SecretRef
 from ops.mocks import Registration
 from ops.runner import Recording
-from ops.strict import SECRET_SIG
+from ops.strict import is_secret
 
 REDACTED = "[secret]"
+# Known secret values shorter than this are not looked for as text (they would match anything);
+# secretness alone keeps them out.
+LEAK_CHECK_MIN = 8
+
+
+class SecretLeakError(Exception):
+    """A known secret value reached synth output outside a secret: nothing was written."""
 
 
 class Redactor:
-    def __init__(self, secret_values: set[str]) -> None:
-        # A multi-line secret (a private key) is re-indented inside YAML: match its lines too.
-        lines = {line.strip() for v in secret_values for line in v.splitlines()[1:-1] if len(line.strip()) >= 16}
-        # Longest first, so a value that contains another is replaced whole; one pass per string.
-        values = sorted((v for v in secret_values | lines if len(v) >= 4), key=len, reverse=True)
-        self.pattern = re.compile("|".join(map(re.escape, values))) if values else None
-
-    def text(self, value: str) -> str:
-        return self.pattern.sub(REDACTED, value) if self.pattern else value
+    """Stateless: a value marked secret on the wire is `[secret]`, whole."""
 
     def tree(self, value: Any) -> Any:
-        if isinstance(value, dict) and value.get(SECRET_SIG) is not None and "value" in value:
-            inner = self.tree(value["value"])
-            # A secret that contained no known secret value is hidden whole: fail closed.
-            return inner if inner != value["value"] else REDACTED
+        if is_secret(value):
+            return REDACTED
         if isinstance(value, dict):
             return {k: self.tree(v) for k, v in sorted(value.items())}
         if isinstance(value, list):
             return [self.tree(v) for v in value]
-        if isinstance(value, str):
-            return self.text(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         return value
 
 
+def encodings(value: str) -> set[str]:
+    """The forms a secret takes inside synth output: raw, URL-, JSON- and base64-encoded."""
+    raw = value.encode()
+    forms = {value, quote(value), quote(value, safe=""), quote_plus(value), json.dumps(value)[1:-1],
+             json.dumps(value, ensure_ascii=False)[1:-1], json.dumps(json.dumps(value)[1:-1])[1:-1],
+             base64.b64encode(raw).decode().rstrip("="), base64.urlsafe_b64encode(raw).decode().rstrip("=")}
+    return {f for f in forms if f}
+
+
+def check_no_leak(outputs: dict[str, str], secret_values: set[str]) -> None:
+    """Defence in depth behind secretness: fail if a known secret value shows, in any encoding."""
+    for value in secret_values:
+        if len(value) < LEAK_CHECK_MIN:
+            continue
+        for form in encodings(value):
+            for name, text in outputs.items():
+                if form in text:
+                    raise SecretLeakError(f"{name}: a secret value appears outside a secret (the program "
+                                          "unwrapped it or built it outside an Output); nothing was written")
+
+
 def resource_document(rec: Recording, redactor: Redactor) -> dict[str, Any]:
+    reads = [{"urn": r.urn, "type": r.type, "name": r.name, "id": r.read_id, "parent": r.parent,
+              "provider": r.provider, "inputs": redactor.tree(r.inputs)}
+             for r in sorted(rec.reads.values(), key=lambda r: r.urn)]
     resources = []
     for reg in sorted(rec.resources.values(), key=lambda r: r.urn):
         resources.append({
@@ -62,12 +90,17 @@ def resource_document(rec: Recording, redactor: Redactor) -> dict[str, Any]:
         })
     invokes = sorted(({"token": i.token, "args": redactor.tree(i.args)} for i in rec.invokes),
                      key=lambda i: json.dumps(i, sort_keys=True))
-    return {"stack": rec.stack, "resources": resources, "invokes": invokes,
+    return {"stack": rec.stack, "resources": resources, "reads": reads, "invokes": invokes,
             "outputs": redactor.tree(rec.stack_outputs)}
 
 
 def host_files(rec: Recording, redactor: Redactor) -> dict[str, str]:
-    """Files on the host: cloud-init user data and what it writes, and uploads into Docker volumes."""
+    """Files on the host: cloud-init user data and what it writes, and uploads into Docker volumes.
+
+    Secretness decides here too: user data derived from a secret (it carries the host's private
+    key) is one `[secret]` file, its parts not listed; an upload whose content is secret is
+    `[secret]`. A file whose path is secret cannot be placed and is left out.
+    """
     files: dict[str, str] = {}
     for reg in rec.resources.values():
         inputs = redactor.tree(reg.inputs)
@@ -78,9 +111,13 @@ def host_files(rec: Recording, redactor: Redactor) -> dict[str, str]:
             for item in (document or {}).get("write_files", []):
                 files[item["path"]] = item.get("content", "")
         if reg.type == "docker:index/container:Container":
-            mounts = {m["containerPath"]: m.get("volumeName", "") for m in inputs.get("volumes") or []}
-            for upload in inputs.get("uploads") or []:
-                files[_volume_path(upload["file"], mounts)] = upload.get("content", REDACTED)
+            volumes = inputs["volumes"] if isinstance(inputs.get("volumes"), list) else []
+            mounts = {m["containerPath"]: m.get("volumeName", "") for m in volumes
+                      if isinstance(m, dict) and isinstance(m.get("containerPath"), str)}
+            uploads = inputs["uploads"] if isinstance(inputs.get("uploads"), list) else []
+            for upload in uploads:
+                if isinstance(upload, dict) and isinstance(upload.get("file"), str) and upload["file"] != REDACTED:
+                    files[_volume_path(upload["file"], mounts)] = str(upload.get("content", REDACTED))
     return dict(sorted(files.items()))
 
 
@@ -92,7 +129,8 @@ def _volume_path(container_path: str, mounts: dict[str, str]) -> str:
     raise ValueError(f"upload {container_path} is not inside a volume: the read-only root filesystem refuses it")
 
 
-def summary(rec: Recording) -> str:
+def summary(rec: Recording, redactor: Redactor | None = None) -> str:
+    redactor = redactor or Redactor()
     env = rec.env
     lines = [f"# Stack `{rec.stack}`", "", f"- domain: `{env.domain}`", f"- host: `{env.host.kind}`"
              + (f" ({env.host.instance_type}, data volume {(env.host.data_volume or 0) // 1024**3} GiB)"
@@ -105,13 +143,16 @@ def summary(rec: Recording) -> str:
         lines.append(f"## {comp.name} (`{comp.type}`)")
         lines.append("")
         for child in children.get(comp.urn, []):
-            lines.append(f"- `{child.type.split(':')[-1]}` {child.name}" + _detail(rec, child))
+            lines.append(f"- `{child.type.split(':')[-1]}` {child.name}" + _detail(child, redactor.tree(child.inputs)))
         svc = env.services.get(comp.name) if comp.type.endswith(":AppService") else None
         if svc is not None:
             routes = ", ".join(f"`{r.prefix}` ({r.kind})" for r in svc.routes) or "none (worker)"
             lines += [f"- port: {svc.port}; routes: {routes}",
                       f"- limits: {svc.cpu:g} CPU, {svc.memory // 1024**2} MiB; uses: {', '.join(svc.uses) or 'nothing'}",
-                      f"- secrets: {', '.join(sorted(svc.secrets)) or 'none'}"]
+                      f"- secrets: {', '.join(sorted(svc.secrets)) or 'none'}",
+                      # From the model, not from the container's inputs: those are one secret list
+                      # as soon as one variable is secret, so this is where the environment is reviewed.
+                      f"- env: {_env(rec, comp.name)}"]
         if comp.type.endswith(":SecretStore"):
             reads = sorted({i.args.get("secretId", "") for i in rec.invokes if i.token.endswith(":getSecretVersion")})
             lines.append(f"- reads from Secrets Manager: {', '.join(f'`{r}`' for r in reads) or 'nothing (generated)'}")
@@ -119,11 +160,24 @@ def summary(rec: Recording) -> str:
     return "\n".join(lines)
 
 
-def _detail(rec: Recording, reg: Registration) -> str:
-    i = reg.inputs
+def _env(rec: Recording, service: str) -> str:
+    parts = []
+    for var, value in service_env(rec.env, service).items():
+        if isinstance(value, SecretRef):
+            parts.append(f"`{var}` (secret {value.secret}.{value.key})")
+        elif isinstance(value, StoreUrl):
+            parts.append(f"`{var}` ({value.store} URL, secret)")
+        else:
+            parts.append(f"`{var}={value}`")
+    return ", ".join(parts) or "none"
+
+
+def _detail(reg: Registration, i: dict[str, Any]) -> str:
+    """One line about a resource, from its redacted inputs."""
     if reg.type == "docker:index/container:Container":
-        ports = ", ".join(f"{p.get('external')}->{p.get('internal')}" for p in i.get("ports") or []) or "none published"
-        return f": user `{i.get('user')}`, {i.get('cpus')} CPU, {int(i.get('memory', 0))} MiB, ports {ports}"
+        ports = i["ports"] if isinstance(i.get("ports"), list) else []
+        published = ", ".join(f"{p.get('external')}->{p.get('internal')}" for p in ports if isinstance(p, dict))
+        return f": user `{i.get('user')}`, {i.get('cpus')} CPU, {i.get('memory', 0)} MiB, ports {published or 'none published'}"
     if reg.type == "docker:index/remoteImage:RemoteImage":
         return f": `{i.get('name')}`"
     flags = [f for f, on in (("protected", reg.protect), ("retained on delete", reg.retain_on_delete)) if on]
@@ -159,18 +213,26 @@ def _id(name: str) -> str:
     return name.replace("-", "_")
 
 
-def write(rec: Recording, out: Path) -> None:
-    redactor = Redactor(rec.secret_values)
+def render(rec: Recording) -> dict[str, str]:
+    """Every output file, by its path relative to the output directory."""
+    redactor = Redactor()
+    outputs = {"resources.json": json.dumps(resource_document(rec, redactor), indent=2, sort_keys=True) + "\n"}
+    outputs.update({f"files/{path.lstrip('/')}": content for path, content in host_files(rec, redactor).items()})
+    outputs["summary.md"] = summary(rec, redactor)
+    outputs["graph.mmd"] = graph(rec)
+    check_no_leak(outputs, rec.secret_values)
+    return outputs
+
+
+def write(rec: Recording, out: Path, outputs: dict[str, str] | None = None) -> None:
+    outputs = render(rec) if outputs is None else outputs
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    (staging / "resources.json").write_text(json.dumps(resource_document(rec, redactor), indent=2, sort_keys=True) + "\n")
-    for path, content in host_files(rec, redactor).items():
-        target = staging / "files" / path.lstrip("/")
+    for name, content in outputs.items():
+        target = staging / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(content)
-    (staging / "summary.md").write_text(summary(rec))
-    (staging / "graph.mmd").write_text(graph(rec))
     # Swap in whole: a failed synth never leaves a half-written directory behind.
     shutil.rmtree(out, ignore_errors=True)
     staging.rename(out)

@@ -58,7 +58,9 @@ def test_cli_synth_is_byte_identical_and_honours_the_secrets_file(tmp_path: Path
         subprocess.run([*cmd, str(tmp_path / out)], cwd=ROOT, check=True, capture_output=True)
     assert not filecmp.dircmp(tmp_path / "a", tmp_path / "b").diff_files
     text = (tmp_path / "a" / "resources.json").read_text()
-    assert "sk_live_abcdefgh" not in text and "STRIPE_SECRET_KEY=[secret]" in text
+    assert "sk_live_abcdefgh" not in text and '"envs": "[secret]"' in text
+    # The environment is reviewed in the summary, from the model: names and sources, never values.
+    assert "`STRIPE_SECRET_KEY` (secret stripe.secret_key)" in (tmp_path / "a" / "summary.md").read_text()
 
 
 def test_cli_refuses_invalid_config_with_exit_2_and_writes_nothing(tmp_path: Path) -> None:
