@@ -95,6 +95,12 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         # replace a healthy one. Replacing again waits for health first, and the old one is only
         # deleted after a replacement turns healthy.
         replace_on_changes=["healthcheck"] if spec.lifecycle == "stateful" else ["*"],
+        # The provider's default create timeout is 20 minutes (kreuzwerker v4.5.0
+        # resource_docker_container.go: `dockerContainerCreateDefaultTimeout = 20 * time.Minute`) and
+        # the engine passes this one instead (pulumi/pulumi step.go CreateStep: `Timeout:
+        # s.new.CustomTimeouts.Create`): the `wait` always fits, whatever deploy_timeout_seconds says.
+        custom_timeouts=pulumi.CustomTimeouts(create=f"{spec.deploy_timeout_seconds + 120}s",
+                                              delete=f"{spec.stop_grace_seconds + 60}s"),
     )
     health = {key: canonical_duration(value) if isinstance(value, str) else value for key, value in spec.health.items()}
     return docker.Container(

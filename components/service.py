@@ -60,7 +60,7 @@ class AppService(pulumi.ComponentResource):
         networks = [args.networks.apps.name]
         if svc.uses:
             networks.append(args.networks.data.name)
-        if svc.egress:
+        if svc.needs_egress:
             networks.append(args.networks.egress.name)
         # A service starts once the stores it uses are healthy, and after the services the model
         # says it depends on; nothing else orders it.

@@ -189,6 +189,12 @@ class Service(Strict):
     deploy_timeout_seconds: Int = Field(ge=10, le=1800, description="How long a new container may take to turn healthy.")
     healthcheck: Healthcheck
 
+    @property
+    def needs_egress(self) -> bool:
+        """Derived: a service that reports to Sentry calls the internet as surely as one that
+        calls Stripe, so a SENTRY_DSN puts it on the egress network too."""
+        return self.egress or "SENTRY_DSN" in self.secrets or "SENTRY_DSN" in self.env
+
 
 class Ami(Strict):
     ssm_parameter: Annotated[str, _check(checks.ssm_ami_parameter)] | None = Field(

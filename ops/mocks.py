@@ -52,6 +52,7 @@ class Registration:
     outputs: dict[str, Any] = field(default_factory=dict)
     # False when the program left the choice to the provider (pulumi-docker: delete first).
     delete_before_replace_defined: bool = False
+    custom_timeouts: dict[str, str] = field(default_factory=dict)  # create/update/delete, as sent
     # Outputs the provider marks secret (the request's additionalSecretOutputs).
     secret_outputs: list[str] = field(default_factory=list)
     # A read (`Resource.get`, ReadResource): the id it reads; inputs are the state it passed.
@@ -194,6 +195,9 @@ class StrictMonitor(mocks.MockMonitor):
             protect=bool(request.protect), retain_on_delete=bool(request.retainOnDelete),
             delete_before_replace=bool(request.deleteBeforeReplace),
             delete_before_replace_defined=bool(request.deleteBeforeReplaceDefined),
+            custom_timeouts={k: v for k, v in (("create", request.customTimeouts.create),
+                                               ("update", request.customTimeouts.update),
+                                               ("delete", request.customTimeouts.delete)) if v},
             replace_on_changes=sorted(request.replaceOnChanges), ignore_changes=sorted(request.ignoreChanges),
             inputs=inputs, secret_outputs=sorted(request.additionalSecretOutputs))
         self._record(self.registrations, registration, label)

@@ -86,6 +86,7 @@ def resource_document(rec: Recording, redactor: Redactor) -> dict[str, Any]:
             "parent": reg.parent, "provider": reg.provider, "dependencies": reg.dependencies,
             "protect": reg.protect, "retainOnDelete": reg.retain_on_delete,
             "deleteBeforeReplace": reg.delete_before_replace, "replaceOnChanges": reg.replace_on_changes,
+            "customTimeouts": reg.custom_timeouts,
             "ignoreChanges": reg.ignore_changes, "inputs": redactor.tree(reg.inputs),
         })
     invokes = sorted(({"token": i.token, "args": redactor.tree(i.args)} for i in rec.invokes),

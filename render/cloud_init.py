@@ -101,6 +101,22 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
                 "permissions": "0644",
                 "content": f"[Unit]\nRequiresMountsFor={DATA_MOUNT}\n",
             },
+            # Images of past releases stay on the host (RemoteImage keep_locally: the old container
+            # still runs on its image during a start-first swap). Weekly, images no container uses,
+            # created more than a week ago, are removed; running and created (seed) ones are in use.
+            {
+                "path": "/etc/systemd/system/docker-image-prune.service",
+                "permissions": "0644",
+                "content": "[Unit]\nDescription=Remove unused Docker images older than a week\nRequires=docker.service\n"
+                           "After=docker.service\n\n[Service]\nType=oneshot\n"
+                           "ExecStart=/usr/bin/docker image prune --all --force --filter until=168h\n",
+            },
+            {
+                "path": "/etc/systemd/system/docker-image-prune.timer",
+                "permissions": "0644",
+                "content": "[Unit]\nDescription=Weekly removal of unused Docker images\n\n[Timer]\nOnCalendar=weekly\n"
+                           "RandomizedDelaySec=1h\nPersistent=true\n\n[Install]\nWantedBy=timers.target\n",
+            },
             {
                 "path": "/etc/apt/apt.conf.d/20auto-upgrades",
                 "permissions": "0644",
@@ -110,6 +126,7 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
         "runcmd": [
             ["systemctl", "daemon-reload"],
             ["systemctl", "enable", "--now", "docker"],
+            ["systemctl", "enable", "--now", "docker-image-prune.timer"],
             ["systemctl", "enable", "--now", "unattended-upgrades"],
         ],
     }

@@ -124,3 +124,21 @@ def test_the_boot_script_grows_the_filesystem_after_mounting() -> None:
     lines = doc["bootcmd"][0][2].splitlines()
     mount = next(i for i, line in enumerate(lines) if "|| mount " in line)
     assert any(line.startswith('resize2fs "$dev"') for line in lines[mount + 1:])
+
+
+def test_unused_images_are_pruned_weekly(tmp_path: Path) -> None:
+    doc = yaml.safe_load(render_user_data(data_volume_id="vol-1", admin_user="a", host_private_key="k",
+                                          host_public_key="p", admin_public_key="o"))
+    units = {Path(f["path"]).name: f["content"] for f in doc["write_files"] if f["path"].startswith("/etc/systemd/system/")}
+    service, timer = units["docker-image-prune.service"], units["docker-image-prune.timer"]
+    assert "docker image prune --all --force --filter until=168h" in service  # never an image in use
+    assert "OnCalendar=weekly" in timer
+    assert ["systemctl", "enable", "--now", "docker-image-prune.timer"] in doc["runcmd"]
+    analyze = require_tool("systemd-analyze")  # the real parser of unit files
+    for name, text in units.items():
+        (tmp_path / name).write_text(text)
+    paths = [str(tmp_path / n) for n in ("docker-image-prune.service", "docker-image-prune.timer")]
+    result = subprocess.run([analyze, "verify", *paths], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    (tmp_path / "broken.timer").write_text(timer.replace("weekly", "weeklyy"))
+    assert subprocess.run([analyze, "verify", str(tmp_path / "broken.timer")], capture_output=True).returncode != 0

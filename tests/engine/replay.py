@@ -270,14 +270,16 @@ class Replay:
         """The containers that run (the never-started seeds excluded), by resource name."""
         return {n: c for n, c in self.containers.items() if plain(c.reg.inputs).get("start", True)}
 
-    def replace(self, name: str, *, image: str) -> Live:
-        """A replacement as the engine orders it: create-before-delete unless deleteBeforeReplace."""
+    def replace(self, name: str, *, image: str | None = None, reg: Registration | None = None) -> Live:
+        """A replacement as the engine orders it: create-before-delete unless deleteBeforeReplace.
+        The new container takes `reg` (changed inputs) or the old registration, and `image`."""
         old = self.containers[name]
+        reg = reg or old.reg
         if old.reg.delete_before_replace:
             self.delete(old)
-            new = self.create(old.reg, image=image)
+            new = self.create(reg, image=image)
         else:
-            new = self.create(old.reg, image=image)
+            new = self.create(reg, image=image)
             self.delete(old)
         self.containers[name] = new
         return new

@@ -7,6 +7,7 @@ hardened, reach what they should and nothing else, restart, and swap.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -312,3 +313,24 @@ function one() {
 }
 one();
 """
+
+
+def test_rabbitmq_keeps_its_definitions_across_a_replacement(stack: Replay) -> None:
+    """RabbitMQ's node is rabbit@<hostname> and its Mnesia directory is named after the node: with
+    the fixed hostname a replaced container finds its definitions (vhosts, users, durable queues);
+    the same replacement without it starts an empty node on the same volume."""
+    def vhosts() -> set[str]:
+        code, out = stack.exec("rabbitmq", ["rabbitmqctl", "-q", "list_vhosts"])
+        assert code == 0, out
+        return set(out.split())
+
+    assert stack.exec("rabbitmq", ["rabbitmqctl", "-q", "add_vhost", "survives-replacement"])[0] == 0
+    stack.replace("rabbitmq")  # stop-first, as the engine replaces a store
+    assert "survives-replacement" in vhosts()
+    assert stack.exec("rabbitmq", ["hostname"])[1].strip() == "rabbitmq"
+
+    # The contrast, so this test can fail: the recorded inputs without `hostname` (as before issue 7).
+    reg = stack.containers["rabbitmq"].reg
+    anonymous = dataclasses.replace(reg, inputs={k: v for k, v in reg.inputs.items() if k != "hostname"})
+    stack.replace("rabbitmq", reg=anonymous)
+    assert "survives-replacement" not in vhosts()
