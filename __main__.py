@@ -14,9 +14,9 @@ try:
 except ConfigError as error:  # every problem at once, and no resource registered
     raise pulumi.RunError(f"invalid configuration:\n{error}") from None
 
-host = Host("host", HostArgs(env=env))
-networks = Networks("net", NetworksArgs(env=env, host=host))
 secrets = SecretStore("secrets", SecretStoreArgs(env=env))
+host = Host("host", HostArgs(env=env, secrets=secrets))
+networks = Networks("net", NetworksArgs(env=env, host=host))
 stores = {
     kind: DataStore(kind, DataStoreArgs(env=env, host=host, network=networks.data.name))
     for kind in ("postgres", "redis", "rabbitmq")

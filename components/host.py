@@ -19,8 +19,9 @@ import pulumi_command as command
 import pulumi_docker as docker
 import pulumi_tls as tls
 
+from components.secrets import SecretStore
 from config import Environment
-from config.model import Ami
+from config.model import Ami, SecretRef
 from render.cloud_init import DATA_MOUNT, render_user_data
 
 TOKEN = "my-saas-chat:host:Host"
@@ -29,6 +30,7 @@ TOKEN = "my-saas-chat:host:Host"
 @dataclass
 class HostArgs:
     env: Environment
+    secrets: SecretStore  # registry credentials for the Docker provider
 
 
 class Host(pulumi.ComponentResource):
@@ -44,9 +46,10 @@ class Host(pulumi.ComponentResource):
         if env.host.kind == "local":
             self.address = pulumi.Output.from_input("localhost")
             self.engine_ready = []
-            self.provider = docker.Provider(f"{name}-docker", host=env.host.docker_host, opts=self._child())
+            self.provider = docker.Provider(f"{name}-docker", host=env.host.docker_host,
+                                            registry_auth=registry_auth(env, args.secrets), opts=self._child())
         else:
-            self._ec2(env)
+            self._ec2(env, args.secrets)
         self.register_outputs({"address": self.address})
 
     def docker_opts(self, parent: pulumi.Resource) -> pulumi.ResourceOptions:
@@ -67,7 +70,7 @@ class Host(pulumi.ComponentResource):
             filters=[aws.ec2.GetAmiFilterArgs(name="name", values=[ami.name or ""]),
                      aws.ec2.GetAmiFilterArgs(name="architecture", values=[ami.architecture])]).id
 
-    def _ec2(self, env: Environment) -> None:
+    def _ec2(self, env: Environment, secrets: SecretStore) -> None:
         name, host = self._name, env.host
         assert host.ami and host.instance_type and host.root_volume and host.data_volume and host.ssh_public_key
         tags = {"Project": "my-saas-chat", "Stack": env.stack}
@@ -166,6 +169,8 @@ class Host(pulumi.ComponentResource):
             # The engine is not up when the provider is configured; `engine_ready` orders every
             # Docker resource after the wait instead.
             disable_docker_daemon_check=True,
+            # Private service images: credentials read from Secrets Manager at `up`, kept secret.
+            registry_auth=registry_auth(env, secrets),
             opts=self._child())
 
 
@@ -212,6 +217,14 @@ def write_operator_files(stack: str, *, host_public_key: str | None = None, priv
         with os.fdopen(fd, "w") as out:
             out.write(text)
         path.chmod(0o600)
+
+
+def registry_auth(env: Environment, secrets: SecretStore) -> list[docker.ProviderRegistryAuthArgs] | None:
+    return [docker.ProviderRegistryAuthArgs(
+        address=r.address,
+        username=secrets.value(SecretRef(secret=r.secret, key="username")),
+        password=secrets.value(SecretRef(secret=r.secret, key="password")),
+    ) for r in env.registries] or None
 
 
 def pinned_ssh_options(stack: str, host_public_key: str, extra: list[str], *, identity: bool) -> list[str]:

@@ -31,10 +31,10 @@ class SecretStore(pulumi.ComponentResource):
         self._documents: dict[str, pulumi.Output[dict[str, str]]] = {}
         self._generated: dict[tuple[str, str], pulumi.Output[str]] = {}
         self._values: dict[tuple[str, str], pulumi.Output[str]] = {}
-        refs = sorted({(ref.secret, ref.key) for svc in args.env.services.values() for ref in svc.secrets.values()})
-        for secret, key in refs:
-            self.value(SecretRef(secret=secret, key=key))
-        self.register_outputs({"secrets": sorted({s for s, _ in refs})})
+        refs = args.env.secret_refs()
+        for ref in refs:
+            self.value(ref)
+        self.register_outputs({"secrets": sorted({ref.secret for ref in refs})})
 
     def value(self, ref: SecretRef) -> pulumi.Output[str]:
         if (ref.secret, ref.key) not in self._values:

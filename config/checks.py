@@ -394,3 +394,10 @@ def ssm_ami_parameter(value: str) -> str:
     if not re.fullmatch(r"(/[A-Za-z0-9_.\-]+)+", value) or len(value) > 2048:
         raise ValueError(f"{value!r} is not an SSM parameter path like /aws/service/debian/release/bookworm/latest/amd64")
     return value
+
+
+def registry_host(value: str) -> str:
+    """A registry as it starts an image reference: a DNS name (with a dot) or localhost, optional :port."""
+    if not re.fullmatch(r"(localhost|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+)(:[0-9]{1,5})?", value):
+        raise ValueError(f"{value!r} is not a registry host like ghcr.io or registry.example.com:5000 (no scheme, no path)")
+    return value

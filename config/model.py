@@ -158,6 +158,13 @@ class SecretRef(Strict):
     key: str = Field(description="Key inside the secret's JSON document.", min_length=1)
 
 
+class RegistryAuth(Strict):
+    """Credentials the Docker provider pulls private images with (its `registry_auth`)."""
+
+    address: Annotated[str, _check(checks.registry_host)] = Field(description="Registry host, as in image names (ghcr.io).")
+    secret: LogicalSecret = Field(description="Logical secret whose JSON document has `username` and `password` (a token).")
+
+
 class Healthcheck(Strict):
     """Docker healthcheck timings: Go durations (500ms, 10s, 1m30s, 1h)."""
 
@@ -327,6 +334,8 @@ class Environment(Strict):
     secrets: dict[LogicalSecret, Annotated[str, _check(checks.secret_id)]] = Field(
         default_factory=dict, description="Logical secret name -> Secrets Manager secret name.")
     env: dict[EnvName, str] = Field(description="Shared variables for every service.")
+    registries: list[RegistryAuth] = Field(
+        default_factory=list, description="Private registries the service images come from, with their credentials.")
     services: dict[Annotated[str, Field(pattern=_NAME)], Service] = Field(min_length=1)
     gateway: Gateway
     postgres: Postgres
@@ -340,6 +349,12 @@ class Environment(Strict):
         if clash:
             raise ValueError(f"service name {clash[0]!r} is the network alias of a data store; rename the service")
         return services
+
+    def secret_refs(self) -> list[SecretRef]:
+        """Every secret value the environment reads: the services' and the registries' credentials."""
+        refs = {(r.secret, r.key) for svc in self.services.values() for r in svc.secrets.values()}
+        refs |= {(reg.secret, key) for reg in self.registries for key in ("username", "password")}
+        return [SecretRef(secret=secret, key=key) for secret, key in sorted(refs)]
 
     def service_order(self) -> list[str]:
         """Services with every dependency before its dependents (cycles are refused by the rules)."""

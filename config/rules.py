@@ -177,6 +177,8 @@ def _secret_problems(env: Environment) -> Iterator[tuple[str, ...]]:
     for name, svc in env.services.items():
         for var, ref in svc.secrets.items():
             used.setdefault(ref.secret, []).append(f"services.{name}.secrets.{var}")
+    for i, registry in enumerate(env.registries):
+        used.setdefault(registry.secret, []).append(f"registries.{i}.secret")
     if env.secrets_backend == "aws-secretsmanager":
         for logical, refs in sorted(used.items()):
             if logical not in env.secrets:

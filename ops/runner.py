@@ -62,9 +62,8 @@ def stacks() -> list[str]:
 def placeholder_documents(env: Environment) -> dict[str, str]:
     """Deterministic stand-ins for every Secrets Manager document the model references."""
     keys: dict[str, set[str]] = {}
-    for svc in env.services.values():
-        for ref in svc.secrets.values():
-            keys.setdefault(env.secrets.get(ref.secret, ref.secret), set()).add(ref.key)
+    for ref in env.secret_refs():
+        keys.setdefault(env.secrets.get(ref.secret, ref.secret), set()).add(ref.key)
     return {sid: json.dumps({k: f"placeholder-{sid}-{k}".replace("/", "-") for k in sorted(ks)}, sort_keys=True)
             for sid, ks in sorted(keys.items())}
 

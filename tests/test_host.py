@@ -128,3 +128,15 @@ def test_docker_environment_variables_stop_the_program(monkeypatch: pytest.Monke
     monkeypatch.setenv(variable, "tcp://elsewhere:2376")
     with pytest.raises(Exception, match=variable):
         run_stack("local")
+
+
+def test_private_images_are_pulled_with_the_registry_token_from_secrets_manager() -> None:
+    rec = recording("prod")
+    provider = next(r for r in rec.resources.values() if r.type == "pulumi:providers:docker")
+    auth = provider.inputs["registryAuth"]
+    assert auth.get("4dabf18193072939515e22adb298388d")  # the whole list travels as a secret
+    [entry] = json.loads(auth["value"]) if isinstance(auth["value"], str) else auth["value"]
+    assert entry["address"] == "ghcr.io"
+    assert entry["password"] == "placeholder-prod-my-saas-chat-registry-password"
+    reads = {i.args["secretId"] for i in rec.invokes if i.token.endswith("getSecretVersion")}
+    assert "prod/my-saas-chat/registry" in reads

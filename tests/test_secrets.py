@@ -36,6 +36,9 @@ def forms(secret: str) -> dict[str, str]:
     return {"raw": secret, "quote": quote(secret), "quote safe=''": quote(secret, safe=""),
             "quote_plus": quote_plus(secret), "json": json.dumps(secret), "json inner": json.dumps(secret)[1:-1],
             "json, not ascii": json.dumps(secret, ensure_ascii=False)[1:-1],
+            # Provider config travels as JSON text (registryAuth): a value inside is encoded twice.
+            "json in json": json.dumps(json.dumps(secret))[2:-2],
+            "json in json, not ascii": json.dumps(json.dumps(secret, ensure_ascii=False), ensure_ascii=False)[2:-2],
             "base64": base64.b64encode(raw).decode(), "base64 unpadded": base64.b64encode(raw).decode().rstrip("="),
             "urlsafe base64": base64.urlsafe_b64encode(raw).decode().rstrip("=")}
 

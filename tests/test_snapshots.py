@@ -50,7 +50,8 @@ def test_cli_synth_is_byte_identical_and_honours_the_secrets_file(tmp_path: Path
     secrets = {sid: json.dumps({"jwt_secret": "j" * 40, "jwt_refresh_secret": "r" * 40, "encryption_key": "e" * 32,
                                 "secret_key": "sk_live_abcdefgh", "webhook_secret": "whsec_abcdefgh",
                                 "api_key": "sk-openai-abcdefgh", "dsn": "https://k@sentry.example/1",
-                                "url": "smtp://user:pass@smtp.example:587"})
+                                "url": "smtp://user:pass@smtp.example:587",
+                                "username": "deploy-bot", "password": "ghp_" + "t" * 36})
                for sid in recording("staging").env.secrets.values()}
     (tmp_path / "s.json").write_text(json.dumps(secrets))
     cmd = [sys.executable, "-m", "ops", "synth", "staging", "--secrets-file", str(tmp_path / "s.json"), "--out"]
