@@ -21,6 +21,7 @@ from typing import Any
 import docker
 import pytest
 
+from components.canonical import go_duration, nano_cpus_string
 from tests.conftest import ROOT, recording
 from tests.engine.daemon import TEST_LABEL, clean
 from tests.engine.replay import Replay, plain
@@ -187,6 +188,33 @@ def test_hardening_is_in_force_inside_every_running_container(stack: Replay) -> 
             assert f"size={i['shmSize'] * 1024}k" in shm, (name, shm)
         if i.get("hostname"):
             assert stack.exec(name, ["hostname"])[1].strip() == i["hostname"], name
+
+
+def test_what_docker_stores_reads_back_as_the_recorded_inputs(stack: Replay) -> None:
+    """The provider's Read, applied to what the real engine stored, gives back every recorded input:
+    the second `up` plans nothing. nanoInt64ToDecimalString and Duration.String are mirrored in
+    components/canonical.py (kreuzwerker v4.5.0 resourceDockerContainerRead)."""
+    for name, live in stack.running().items():
+        i, info = plain(live.reg.inputs), stack.inspect(name)
+        host, config = info["HostConfig"], info["Config"]
+        hc = config["Healthcheck"]
+        read = {
+            "cpus": nano_cpus_string(host["NanoCpus"]),
+            "memory": host["Memory"] // MiB, "memorySwap": host["MemorySwap"] // MiB,
+            "user": config["User"], "readOnly": host["ReadonlyRootfs"], "init": host["Init"],
+            "restart": host["RestartPolicy"]["Name"], "securityOpts": host["SecurityOpt"],
+            "capabilities": {"drops": host["CapDrop"]}, "tmpfs": host["Tmpfs"], "stopTimeout": config["StopTimeout"],
+            "logDriver": host["LogConfig"]["Type"], "logOpts": host["LogConfig"]["Config"],
+            "healthcheck": {"tests": hc["Test"], "interval": go_duration(hc["Interval"]), "timeout": go_duration(hc["Timeout"]),
+                            "startPeriod": go_duration(hc["StartPeriod"]), "retries": hc["Retries"]},
+        }
+        if "hostname" in i:
+            read["hostname"] = config["Hostname"]
+        if "shmSize" in i:
+            read["shmSize"] = host["ShmSize"] // MiB
+        if "command" in i:
+            read["command"] = config["Cmd"]
+        assert {k: i[k] for k in read} == read, name
 
 
 # --- recovery and change ------------------------------------------------------------------------
