@@ -13,6 +13,7 @@ the run fails if the machine then differs from what it was.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -123,9 +124,16 @@ def private_engine() -> Iterator[Engine]:
     dockerd = shutil.which("dockerd")
     if dockerd is None:
         raise EngineUnavailable("dockerd is not installed (apt-get install docker.io; .ci/run does)")
-    before = MachineState.read()
     data_root = CACHE_DIR / "dockerd-data"
     data_root.mkdir(parents=True, exist_ok=True)
+    # One engine per data root, and one firewall to put back: runs from other checkouts wait here.
+    with (CACHE_DIR / "engine.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield from _run_engine(dockerd, data_root)
+
+
+def _run_engine(dockerd: str, data_root: Path) -> Iterator[Engine]:
+    before = MachineState.read()
     # A short path: a unix socket path must fit in 108 bytes.
     run_dir = Path(tempfile.mkdtemp(prefix="msc-engine-", dir="/tmp"))
     socket = f"unix://{run_dir}/docker.sock"
