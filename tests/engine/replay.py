@@ -15,7 +15,6 @@ repository name, every product service to the stub service.
 from __future__ import annotations
 
 import io
-import re
 import secrets
 import tarfile
 import time
@@ -28,6 +27,7 @@ import docker
 import docker.errors
 from docker.types import Healthcheck, LogConfig
 
+from components.canonical import parse_cpus, parse_go_duration
 from ops.mocks import Registration
 from ops.runner import Recording
 from ops.strict import SECRET_SIG
@@ -60,17 +60,6 @@ def plain(value: Any) -> Any:
     if isinstance(value, float) and value.is_integer():
         return int(value)  # the wire carries every number as a double; the schema's ints are ints
     return value
-
-
-_UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-
-
-def duration_ns(text: str) -> int:
-    """Go's time.ParseDuration, which container_funcs uses for every healthcheck duration."""
-    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a Go duration: {text!r}")
-    return int(sum(float(n) * _UNITS[u] for n, u in parts))
 
 
 @dataclass
@@ -178,8 +167,10 @@ class Replay:
         # Pulumi auto-names a container without `name` as <resource name>-<7 random hex>.
         name = name or i.get("name") or f"{reg.name}-{secrets.token_hex(4)[:7]}"
         hc = i.get("healthcheck")
-        health = Healthcheck(test=hc["tests"], interval=duration_ns(hc["interval"]), timeout=duration_ns(hc["timeout"]),
-                             retries=int(hc["retries"]), start_period=duration_ns(hc.get("startPeriod", "0s"))) if hc else None
+        # container_funcs: durations through time.ParseDuration (mirrored in components/canonical.py).
+        health = Healthcheck(
+            test=hc["tests"], interval=parse_go_duration(hc["interval"]), timeout=parse_go_duration(hc["timeout"]),
+            retries=int(hc["retries"]), start_period=parse_go_duration(hc.get("startPeriod", "0s"))) if hc else None
         caps = i.get("capabilities") or {}
         # container_funcs: hostConfig from the inputs. Memory and MemorySwap are MB in the schema,
         # multiplied by 1024*1024; cpus is parsed to NanoCPUs; volumes with volume_name become
@@ -191,7 +182,7 @@ class Replay:
             cap_drop=caps.get("drops"), cap_add=caps.get("adds"), security_opt=i.get("securityOpts"),
             mem_limit=int(i["memory"]) * MiB if "memory" in i else None,
             memswap_limit=int(i["memorySwap"]) * MiB if "memorySwap" in i else None,
-            nano_cpus=round(float(i["cpus"]) * 1e9) if "cpus" in i else None,
+            nano_cpus=parse_cpus(str(i["cpus"])) if "cpus" in i else None,
             shm_size=int(i["shmSize"]) * MiB if "shmSize" in i else None,
             init=i.get("init"), restart_policy={"Name": i.get("restart", "no")},
             network_mode=i.get("networkMode"),
@@ -223,6 +214,7 @@ class Replay:
             try:
                 api.put_archive(cid, "/", _upload_tar(upload))
             except docker.errors.APIError as error:
+                # The provider keeps the container (recorded with init errors); the replay stops here.
                 api.remove_container(cid, force=True)
                 raise ReplayError(reg.name, f"upload {upload['file']}", str(error.explanation or error)) from None
         # container_funcs: `if d.Get("start").(bool) { ContainerStart ...; if d.Get("wait") ... }`.
