@@ -1,8 +1,9 @@
-"""Operator CLI: `python -m ops synth prod --out build/synth`, `python -m ops docs`."""
+"""Operator CLI: `python -m ops synth prod --out build/synth`, `python -m ops docs`, `python -m ops deploy ...`."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -85,3 +86,84 @@ def docs(check: Annotated[bool, typer.Option("--check", help="Fail if the file i
     docs_module.PATH.write_text(text)
     typer.echo(f"wrote {docs_module.PATH}")
 
+
+
+deploy_app = typer.Typer(no_args_is_help=True, help="Releases through the Pulumi Automation API (ops/deploy.py).")
+app.add_typer(deploy_app, name="deploy")
+
+StackArg = Annotated[str, typer.Argument(help="Stack name (Pulumi.<stack>.yaml).")]
+BaseUrl = Annotated[Optional[str], typer.Option("--base-url", help="Verify here instead of https://<domain>.")]
+
+
+def _run(action: Callable[[], int | str]) -> None:
+    """Every deploy command: one clear line and a documented exit code on failure (ops/deploy.py)."""
+    from ops import deploy
+
+    try:
+        result = action()
+    except deploy.DeployError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(error.code) from None
+    except KeyboardInterrupt:
+        typer.echo("cancelled", err=True)
+        raise typer.Exit(deploy.CANCELLED) from None
+    if isinstance(result, str):
+        typer.echo(result, nl=False)
+    elif result:
+        raise typer.Exit(result)
+
+
+@deploy_app.command("preview")
+def deploy_preview(stack: StackArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """The change summary as Markdown for a pull request (or JSON)."""
+    from ops import deploy
+
+    _run(lambda: deploy.preview(stack, as_json=as_json))
+
+
+@deploy_app.command("up")
+def deploy_up(stack: StackArg, image_tag: Annotated[Optional[str], typer.Option("--image-tag")] = None,
+              base_url: BaseUrl = None) -> None:
+    """Update, verify through the public endpoint, roll back automatically when verification fails."""
+    from ops import deploy
+
+    _run(lambda: deploy.up(stack, image_tag=image_tag, base_url=base_url, echo=typer.echo))
+
+
+@deploy_app.command("releases")
+def deploy_releases(stack: StackArg, as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Release history from Pulumi's update history: version, time, result, image tag, commit."""
+    from ops import deploy
+
+    def show() -> str:
+        found = deploy.releases(stack)
+        if as_json:
+            return json.dumps([deploy.as_dict(r) for r in found], indent=2) + "\n"
+        return "".join(f"{r.version:>4}  {r.started}  {r.result:<10} {r.image_tag:<24} {r.commit}\n" for r in found)
+
+    _run(show)
+
+
+@deploy_app.command("rollback")
+def deploy_rollback(stack: StackArg, to: Annotated[Optional[int], typer.Option("--to", help="Release version.")] = None,
+                    base_url: BaseUrl = None) -> None:
+    """`up` with an earlier release's image tag (the previous good one by default)."""
+    from ops import deploy
+
+    _run(lambda: deploy.rollback(stack, to=to, base_url=base_url, echo=typer.echo))
+
+
+@deploy_app.command("drift")
+def deploy_drift(stack: StackArg) -> None:
+    """Refresh, then a preview that expects no changes; exit 1 on drift."""
+    from ops import deploy
+
+    _run(lambda: deploy.drift(stack, echo=typer.echo))
+
+
+@deploy_app.command("destroy")
+def deploy_destroy(stack: StackArg, confirm_prod: Annotated[bool, typer.Option("--confirm-prod")] = False) -> None:
+    """Destroy the stack's resources (protected ones stay); prod needs --confirm-prod."""
+    from ops import deploy
+
+    _run(lambda: deploy.destroy(stack, confirm_prod=confirm_prod, echo=typer.echo))
