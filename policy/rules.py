@@ -34,7 +34,7 @@ from pulumi_policy import (
     StackValidationPolicy,
 )
 
-from config.checks import MUTABLE_TAGS
+from config.checks import MUTABLE_TAGS, secret_looking
 
 MANDATORY = EnforcementLevel.MANDATORY
 ADVISORY = EnforcementLevel.ADVISORY
@@ -73,13 +73,6 @@ DOCKER_SOCKET_EXCEPTIONS: dict[str, str] = {}
 DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 GATEWAY = "gateway"
 GATEWAY_PORTS = frozenset({80, 443})
-# Words of an environment variable's name (split at `_`) that say its value is a credential.
-SECRET_WORDS = frozenset({"PASSWORD", "PASSWD", "PWD", "PASS", "SECRET", "SECRETS", "TOKEN", "KEY", "APIKEY", "DSN",
-                          "CREDENTIAL", "CREDENTIALS", "PRIVATE"})
-# ... unless the name says the value points at the secret instead of holding it (POSTGRES_PASSWORD_FILE).
-REFERENCE_SUFFIXES = ("_FILE", "_PATH")
-
-
 class SecretStr(str):
     """A string value the engine marked secret (it came from a secret Output)."""
 
@@ -292,13 +285,6 @@ def container_log_rotation(res: Res) -> Iterator[str]:
         yield f"log driver {driver} without max-size: logs grow until the disk is full"
     elif driver == "json-file" and not opts.get("max-file"):
         yield "log driver json-file without max-file: rotated logs are never removed"
-
-
-def secret_looking(name: str) -> bool:
-    upper = name.upper()
-    if upper.endswith(REFERENCE_SUFFIXES):
-        return False
-    return bool(set(re.split(r"[^A-Z0-9]+", upper)) & SECRET_WORDS)
 
 
 def container_secret_env(res: Res) -> Iterator[str]:

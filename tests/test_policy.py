@@ -356,3 +356,13 @@ def test_ssh_opened_to_the_world_fails_the_model_naming_it(tmp_path: Path) -> No
         config["my-saas-chat:host"]["admin_cidrs"] = ["0.0.0.0/0"]
     with pytest.raises(ConfigError, match=r"host\.admin_cidrs\.0: 0\.0\.0\.0/0 opens SSH"):
         run_stack("prod", path=_stack_file(tmp_path, "prod", edit))
+
+
+def test_a_plain_credential_in_env_fails_the_model_naming_it(tmp_path: Path) -> None:
+    """A service's `envs` is one secret Output as soon as one variable is, so the policy cannot see a
+    plain value beside secret ones: the model refuses credential-looking names in `env` instead."""
+    def edit(config: dict[str, Any]) -> None:
+        config.setdefault("my-saas-chat:env", {})["SOME_API_TOKEN"] = "plain-value-123"
+    with pytest.raises(ConfigError, match=r"env\.SOME_API_TOKEN: looks like a credential"):
+        run_stack("staging", path=_stack_file(tmp_path, "staging", edit))
+    assert rules.secret_looking("SOME_API_TOKEN") and not rules.secret_looking("POSTGRES_PASSWORD_FILE")
