@@ -1,4 +1,4 @@
-"""Operator CLI: `python -m ops synth prod --out build/synth`, `python -m ops docs`."""
+"""Operator CLI: `python -m ops synth prod --out build/synth`, `python -m ops policy prod`, `python -m ops docs`."""
 
 from __future__ import annotations
 
