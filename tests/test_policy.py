@@ -269,16 +269,22 @@ class _Capture:
 
 
 def load_pack(monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """Run policy/__main__.py as the engine's Python policy host does (a script, from the pack's
-    directory), with `PolicyPack` replaced so it returns the policies instead of serving them."""
+    """Start the pack as the engine does: its Python host runs `python -u -m pulumi.policy
+    <engine address> <pack directory>` in the pack's virtualenv (pulumi/pulumi
+    sdk/python/dist/pulumi-analyzer-policy-python), and `pulumi.policy` runs the directory's
+    `__main__.py` with `runpy.run_path`. `PolicyPack` is replaced so it hands back the policies
+    instead of serving them."""
     _Capture.packs = []
     monkeypatch.setattr(pulumi_policy, "PolicyPack", _Capture)
     monkeypatch.setattr(policy_sdk, "deserialize_properties", policy_sdk.deserialize_properties)  # restored after
     monkeypatch.chdir(ROOT / "policy")
-    monkeypatch.setattr(sys, "path", [str(ROOT / "policy"), *[p for p in sys.path if p != str(ROOT)]])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(ROOT)])
+    monkeypatch.setattr(sys, "argv", ["pulumi.policy", "127.0.0.1:0", str(ROOT / "policy")])
     for module in [m for m in sys.modules if m == "policy" or m.startswith("policy.")]:
         monkeypatch.delitem(sys.modules, module)
-    runpy.run_path(str(ROOT / "policy" / "__main__.py"), run_name="__main__")
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_module("pulumi.policy", run_name="__main__", alter_sys=True)
+    assert exit_.value.code == 0, "the pack failed to load (the error is logged above)"
     [pack] = _Capture.packs
     return pack
 
@@ -366,3 +372,29 @@ def test_a_plain_credential_in_env_fails_the_model_naming_it(tmp_path: Path) -> 
     with pytest.raises(ConfigError, match=r"env\.SOME_API_TOKEN: looks like a credential"):
         run_stack("staging", path=_stack_file(tmp_path, "staging", edit))
     assert rules.secret_looking("SOME_API_TOKEN") and not rules.secret_looking("POSTGRES_PASSWORD_FILE")
+
+
+def test_the_command_prints_each_violation_and_fails_on_a_mandatory_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    from typer.testing import CliRunner
+
+    from ops.cli import app
+
+    result = CliRunner().invoke(app, ["policy", "prod"])
+    assert result.exit_code == 0, result.output
+    assert "prod: 64 resources, 28 rules: 0 mandatory, 10 advisory violations" in result.output
+    assert "ADVISORY store-backup: urn:pulumi:prod::my-saas-chat::my-saas-chat:data:Postgres$" in result.output
+
+    real = checker.evaluate
+
+    def with_root(registrations: Any) -> list[checker.Violation]:  # a service given user 0:0 past the model
+        regs = list(registrations)
+        chat = next(r for r in regs if r.name == "chat-service" and r.type == rules.CONTAINER)
+        chat.inputs = {**chat.inputs, "user": "0:0"}
+        return real(regs)
+    monkeypatch.setattr(checker, "evaluate", with_root)
+    result = CliRunner().invoke(app, ["policy", "staging"])
+    assert result.exit_code == 1
+    assert ("MANDATORY container-non-root: urn:pulumi:staging::my-saas-chat::my-saas-chat:service:AppService$"
+            "docker:index/container:Container::chat-service\n  user '0:0' is root (uid or gid 0)\n"
+            f"  fix: {rules.rule('container-non-root').fix}") in result.output
+    assert "1 mandatory" in result.output
