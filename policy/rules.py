@@ -33,6 +33,7 @@ from pulumi_policy import (
     StackValidationArgs,
     StackValidationPolicy,
 )
+from pulumi_policy.proxy import UnknownValueError
 
 from config.checks import MUTABLE_TAGS, secret_looking
 
@@ -151,10 +152,32 @@ def _map(value: Any) -> Mapping[str, Any]:
 
 
 def labels(res: Res) -> dict[str, str]:
-    """Docker labels (`[{label, value}]`) or AWS tags (`{key: value}`)."""
-    found = {str(_map(lbl).get("label")): str(_map(lbl).get("value")) for lbl in _seq(res.get("labels"))
-             if isinstance(lbl, Mapping)}
-    found.update({str(k): str(v) for k, v in _map(res.get("tags")).items()})
+    """Docker labels (`[{label, value}]`) or AWS tags (`{key: value}`), those known so far.
+
+    At preview a label computed from an image digest or a generated password is unknown, and
+    reading it raises pulumi-policy's UnknownValueError: one unknown label must not stop every
+    rule that reads the others, so it is left out.
+    """
+    found: dict[str, str] = {}
+    try:
+        items = _seq(res.get("labels"))
+    except UnknownValueError:
+        items = []
+    for i in range(len(items)):
+        try:
+            lbl = _map(items[i])
+            found[str(lbl.get("label"))] = str(lbl.get("value"))
+        except UnknownValueError:
+            continue
+    try:
+        tags = _map(res.get("tags"))
+    except UnknownValueError:
+        tags = {}
+    for key in tags:
+        try:
+            found[str(key)] = str(tags[key])
+        except UnknownValueError:
+            continue
     return found
 
 

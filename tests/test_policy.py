@@ -398,3 +398,25 @@ def test_the_command_prints_each_violation_and_fails_on_a_mandatory_one(monkeypa
             "docker:index/container:Container::chat-service\n  user '0:0' is root (uid or gid 0)\n"
             f"  fix: {rules.rule('container-non-root').fix}") in result.output
     assert "1 mandatory" in result.output
+
+
+def test_at_preview_an_unknown_label_does_not_stop_the_other_rules(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a first preview the image id and the digest label are unknown (the engine sends its
+    unknown sentinel); every rule that does not need them still runs."""
+    from pulumi_policy.proxy import UNKNOWN_STRING_VALUE
+
+    from tests.conftest import recording
+
+    pack = load_pack(monkeypatch)
+    servicer = _servicer(pack["policies"])
+    chat = next(r for r in recording("prod").resources.values() if r.type == rules.CONTAINER and r.name == "chat-service")
+
+    def at_preview(**changes: Any) -> Any:
+        labels = [{**lbl, "value": UNKNOWN_STRING_VALUE} if lbl["label"] == "com.mysaaschat.image-digest" else lbl
+                  for lbl in chat.inputs["labels"]]
+        return type(chat)(**{**chat.__dict__, "inputs": {**chat.inputs, "image": UNKNOWN_STRING_VALUE, "labels": labels,
+                                                          **changes}})
+
+    assert _analyze(servicer, at_preview()) == ["image-pinned"]  # "can't run during preview", advisory
+    assert sorted(_analyze(servicer, at_preview(user="0:0", readOnly=False))) == [
+        "container-non-root", "container-read-only-root", "image-pinned"]
