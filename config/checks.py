@@ -217,6 +217,20 @@ def image_repository(value: str) -> str:
 
 MUTABLE_TAGS = frozenset({"", "latest", "stable", "main", "master"})
 
+# Words of an environment variable's name (split at `_`) that say its value is a credential ...
+SECRET_WORDS = frozenset({"PASSWORD", "PASSWD", "PWD", "PASS", "SECRET", "SECRETS", "TOKEN", "KEY", "APIKEY", "DSN",
+                          "CREDENTIAL", "CREDENTIALS", "PRIVATE"})
+# ... unless the name says the value points at the secret instead of holding it (POSTGRES_PASSWORD_FILE).
+REFERENCE_SUFFIXES = ("_FILE", "_PATH")
+
+
+def secret_looking(name: str) -> bool:
+    """A variable whose value must come from a secret (the model and the policy pack agree on this)."""
+    upper = name.upper()
+    if upper.endswith(REFERENCE_SUFFIXES):
+        return False
+    return bool(set(re.split(r"[^A-Z0-9]+", upper)) & SECRET_WORDS)
+
 
 def image_tag(value: str) -> str:
     if value.strip().lower() in MUTABLE_TAGS:

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from config.checks import is_graviton, max_vcpus
+from config.checks import is_graviton, max_vcpus, secret_looking
 
 if TYPE_CHECKING:
     from config.model import Environment, SecretRef
@@ -137,6 +137,8 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
         yield from _env_problems(env, name)
     yield from _cycles(env)
     yield from _secret_problems(env)
+    for var in sorted(filter(secret_looking, env.env)):
+        yield f"env.{var}", PLAIN_SECRET
     for var in sorted(set(env.env) & DERIVED_NAMES):
         yield f"env.{var}", "is derived by the program; remove it"
     if env.postgres.shared_buffers >= env.postgres.memory:
@@ -147,11 +149,17 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
         yield "secrets_backend", "generated secrets are for host.kind local only; use aws-secretsmanager"
 
 
+PLAIN_SECRET = ("looks like a credential (policy container-secret-env): reference it from Secrets Manager in the "
+                "service's `secrets:`, never a plain value")
+
+
 def _env_problems(env: Environment, name: str) -> Iterator[tuple[str, ...]]:
     svc = env.services[name]
     at = f"services.{name}"
     derived = derived_env(env, name)
     for var, value in svc.env.items():
+        if secret_looking(var):
+            yield f"{at}.env.{var}", PLAIN_SECRET
         if var in DERIVED_NAMES:
             yield f"{at}.env.{var}", "is derived by the program; remove it"
         elif env.env.get(var) == value:

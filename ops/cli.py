@@ -1,4 +1,5 @@
-"""Operator CLI: `python -m ops synth prod --out build/synth`, `python -m ops docs`, `python -m ops deploy ...`."""
+"""Operator CLI: `python -m ops synth prod --out build/synth`, `python -m ops policy prod`, `python -m ops docs`,
+`python -m ops deploy ...`."""
 
 from __future__ import annotations
 
@@ -167,3 +168,38 @@ def deploy_destroy(stack: StackArg, confirm_prod: Annotated[bool, typer.Option("
     from ops import deploy
 
     _run(lambda: deploy.destroy(stack, confirm_prod=confirm_prod, echo=typer.echo))
+
+
+@app.command()
+def policy(
+    stack: Annotated[Optional[str], typer.Argument(help="Stack name (Pulumi.<stack>.yaml).")] = None,
+    all_stacks: Annotated[bool, typer.Option("--all", help="Every Pulumi.<stack>.yaml.")] = False,
+) -> None:
+    """Run the policy pack's rules over the stack's strict-mock recording; exit 1 on a mandatory violation."""
+    from ops import policy as checker
+    from ops import runner
+
+    if all_stacks == (stack is not None):
+        raise typer.BadParameter("name one STACK or pass --all")
+    failed = False
+    for name in runner.stacks() if all_stacks else [stack or ""]:
+        if not runner.stack_file(name).exists():
+            typer.echo(f"no stack file {runner.stack_file(name).name} (stacks: {', '.join(runner.stacks())})", err=True)
+            raise typer.Exit(2)
+        try:
+            rec = runner.run_stack(name)
+        except ConfigError as error:
+            typer.echo(f"invalid configuration for stack {name}:\n{error}", err=True)
+            raise typer.Exit(2) from None
+        except runner.StrictMockError as error:
+            typer.echo(str(error), err=True)
+            raise typer.Exit(1) from None
+        violations = checker.evaluate(rec.resources.values())
+        for violation in violations:
+            typer.echo(violation.render())
+        mandatory = sum(v.mandatory for v in violations)
+        failed = failed or mandatory > 0
+        typer.echo(f"{name}: {len(rec.resources)} resources, {len(checker.rules_applied())} rules: "
+                   f"{mandatory} mandatory, {len(violations) - mandatory} advisory violations")
+    if failed:
+        raise typer.Exit(1)

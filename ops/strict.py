@@ -35,7 +35,10 @@ def args_class(token: str) -> type | None:
     if token.startswith("pulumi:providers:"):
         package = PACKAGES.get(token.rsplit(":", 1)[1])
         return importlib.import_module(package).ProviderArgs if package else None
-    return _sdk_class(token, "Args")
+    # When a nested input type already has the name `<Resource>Args` (pulumi-aws 7's Bucket has a
+    # `versioning` input of type s3.BucketVersioningArgs), the SDK's codegen names the resource's own
+    # args `<Resource>InitArgs` (pulumi_aws/s3/bucket_versioning.py).
+    return _sdk_class(token, "InitArgs") or _sdk_class(token, "Args")
 
 
 def resource_class(token: str) -> type | None:
