@@ -14,13 +14,14 @@ How a change reaches it without dropping a request:
 - Upstreams name each service's current container (render/nginx.py). The configuration is an Output
   of every service container's name, so a service swap runs, in the engine's own order: new container
   created and healthy (`wait`), then its dependents (the seed and the reload: nginx now sends to the
-  new one), and the old container deleted last. pulumi/pulumi pkg/resource/deploy/step_generator.go:
-  a create-before-delete replacement emits CreateReplacement then Replace for the new resource
-  (GenerateSteps, "If we are going to perform a replacement, we need to recompute the default values
-  ..." / `NewCreateReplacementStep`, `NewReplaceStep`) and marks the old state `Delete` pending;
-  the deletions of replaced resources are produced only by `GenerateDeletes`, which the deployment
-  executor calls after every step of the plan has run (deployment_executor.go: `ex.stepGen.
-  GenerateDeletes(...)` once the source iterator is done), i.e. after the dependents updated.
+  new one), and the old container deleted last. Verified in pulumi/pulumi at 1b59498 (2026-08-21),
+  pkg/resource/deploy/step_generator.go: a create-before-delete replacement returns only
+  `NewCreateReplacementStep(...)` and `NewReplaceStep(...)`, with the comment "the delete step is
+  generated 'later' on, after all creates/updates finish"; the old state's delete comes from
+  `GenerateDeletes` ("Planner decided to delete ... due to replacement"), which
+  deployment_executor.go calls only in `performPostSteps`, once the program has registered every
+  resource and no step is outstanding (`if seenNil && ex.asyncEventsExpected == 0`). The reload is
+  a registered resource of the same `up`, so it has run before any replaced container is deleted.
 """
 
 from __future__ import annotations
