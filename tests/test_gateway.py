@@ -121,3 +121,18 @@ def test_missing_container_name_is_an_error(rec: Recording) -> None:
     names.pop(next(iter(names)))
     with pytest.raises(ValueError, match="no container name"):
         render_nginx(rec.env, names, Layout())
+
+
+def test_private_keys_never_reach_synth_output() -> None:
+    """The gateway's key is secret-derived in every mode (a Secrets Manager value, or
+    tls.PrivateKey's provider-secret output), so synth writes `[secret]` for the file and for every
+    input that carries it; the certificate is public (self-signed) or secret-derived (Secrets Manager)."""
+    root = Path(__file__).resolve().parent / "snapshots"
+    for stack in ("prod", "staging", "local"):
+        tls = root / stack / "files" / "var/lib/docker/volumes" / f"mysaaschat-{stack}-gateway-config" / "_data" / "tls"
+        assert (tls / "key.pem").read_text() == "[secret]", stack
+        for path in (root / stack).rglob("*"):
+            if path.is_file():
+                assert "PRIVATE KEY" not in path.read_text(errors="replace"), path
+    staging = (root / "staging" / "files" / "var/lib/docker/volumes/mysaaschat-staging-gateway-config/_data/tls")
+    assert (staging / "cert.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")

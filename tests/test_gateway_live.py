@@ -165,8 +165,11 @@ def start(stack: str, root: Path) -> Gateway:
         pytest.skip("the live gateway tests need root (a private mount namespace)")
     rec = recording(stack)
     names = container_names(rec)
-    block = STACKS.index(stack) + 1  # each stack its own 127.N.0.0/16: xdist workers never clash
-    addresses = {svc: f"127.{block}.0.{10 + i}" for i, svc in enumerate(sorted(names))}
+    # Each stack and each xdist worker its own 127.N.W.0/24: two gateways of one stack on two
+    # workers (a module fixture per worker) never share a stub address.
+    block = STACKS.index(stack) + 1
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 200
+    addresses = {svc: f"127.{block}.{worker}.{10 + i}" for i, svc in enumerate(sorted(names))}
     prefix = root / stack
     (prefix / "tmp").mkdir(parents=True)
     (prefix / "tls").mkdir()
@@ -277,23 +280,42 @@ def test_429_starts_exactly_after_the_burst(gw: Gateway, zone_route: str) -> Non
     route = next(r for r in svc.routes if zone_route.startswith(r.prefix))
     limit = env.gateway.rate_limits[route.rate_limit]
     source = f"127.8.{STACKS.index(gw.rec.stack)}.{1 + ['/api/auth/login', '/api/analytics/report'].index(zone_route)}"
-    conn = gw.https(source)
-    statuses, bodies = [], []
-    started = time.monotonic()
+    # All requests at once, each on a connection whose TLS handshake is already done, so that the
+    # whole series takes far less than one token's time (1 / rate): the count is then exact.
+    total = limit.burst + 3
+    conns = [gw.https(source) for _ in range(total)]
+    for conn in conns:
+        conn.connect()
+    barrier = threading.Barrier(total + 1)
+    answers: list[tuple[int, bytes, dict[str, str]]] = []
+    lock = threading.Lock()
+
+    def one_request(conn: http.client.HTTPSConnection) -> None:
+        barrier.wait()
+        conn.request("GET", zone_route, headers={"Host": env.domain})
+        response = conn.getresponse()
+        answer = (response.status, response.read(), {k.lower(): v for k, v in response.getheaders()})
+        with lock:
+            answers.append(answer)
+
+    threads = [threading.Thread(target=one_request, args=(conn,)) for conn in conns]
     try:
-        for _ in range(limit.burst + 3):
-            conn.request("GET", zone_route, headers={"Host": env.domain})
-            response = conn.getresponse()
-            statuses.append(response.status)
-            bodies.append((response.read(), {k.lower(): v for k, v in response.getheaders()}))
+        for t in threads:
+            t.start()
+        barrier.wait()
+        started = time.monotonic()
+        for t in threads:
+            t.join(10)
+        elapsed = time.monotonic() - started
     finally:
-        conn.close()
-    elapsed = time.monotonic() - started
-    # One request at the rate plus `burst` more (nodelay), then 429; meaningful only if the whole
-    # series took less than one token's time.
+        for conn in conns:
+            conn.close()
+    statuses = sorted(a[0] for a in answers)
+    # One request at the rate plus `burst` more (nodelay), then 429; exact only if the series took
+    # less than one token's time.
     assert elapsed < 1 / limit.per_second, f"too slow to judge the burst: {elapsed:.3f}s"
-    assert statuses[:limit.burst + 1] == [200] * (limit.burst + 1), statuses
-    assert statuses[limit.burst + 1:] == [429, 429], statuses
+    assert statuses == [200] * (limit.burst + 1) + [429, 429], statuses
+    bodies = [(body, headers) for status, body, headers in answers if status == 429]
     body, headers = bodies[-1]
     assert json.loads(body)["error"] == "rate_limited" and headers["content-type"] == "application/json"
     assert headers["strict-transport-security"].startswith("max-age=")
