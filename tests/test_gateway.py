@@ -136,3 +136,28 @@ def test_private_keys_never_reach_synth_output() -> None:
                 assert "PRIVATE KEY" not in path.read_text(errors="replace"), path
     staging = (root / "staging" / "files" / "var/lib/docker/volumes/mysaaschat-staging-gateway-config/_data/tls")
     assert (staging / "cert.pem").read_text().startswith("-----BEGIN CERTIFICATE-----")
+
+
+def test_a_route_change_rewrites_the_files_and_reloads_but_keeps_the_gateway(tmp_path: Path) -> None:
+    """Item 2 of the gateway issue, in the recorded graph: a new route changes the seed's files (so
+    the seed is replaced and rewrites them) and the reload's trigger (so it runs again), and not one
+    input of the gateway container (which holds ports 80/443 and must not be replaced)."""
+    import yaml
+
+    from config.load import CATALOG_FILE
+    from ops.runner import run_stack
+    from tests.conftest import recording
+
+    catalog = yaml.safe_load(CATALOG_FILE.read_text())
+    catalog["services"]["analytics-service"]["routes"].append({"prefix": "/api/reports", "kind": "http"})
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    before, after = recording("staging"), run_stack("staging", catalog=path)
+
+    def by_name(rec: Recording, name: str) -> Any:
+        return next(r for r in rec.resources.values() if r.name == name)
+
+    assert by_name(before, "gateway").inputs == by_name(after, "gateway").inputs
+    assert by_name(before, "gateway-files").inputs["uploads"] != by_name(after, "gateway-files").inputs["uploads"]
+    assert by_name(before, "gateway-reload").inputs["triggers"] != by_name(after, "gateway-reload").inputs["triggers"]
+    assert "/api/reports" in recorded_conf(after) and "/api/reports" not in recorded_conf(before)
