@@ -489,3 +489,30 @@ def test_a_reload_under_load_drops_nothing(gw: Gateway) -> None:
     failed = [r for r in results if r[0] != 200]
     assert len(results) > 200, len(results)
     assert failed == [], failed[:5]
+
+
+def test_a_changed_route_is_served_after_a_validated_reload_and_a_refused_one_never_is(gw: Gateway) -> None:
+    """Item 2 live: new files, `nginx -t`, reload; the running gateway takes the new route up
+    without a restart. A file nginx refuses stops at `nginx -t` and the old one keeps serving."""
+    conf = gw.prefix / "nginx.conf"
+    original = conf.read_text()
+    env = gw.rec.env
+    analytics = env.services["analytics-service"]
+    changed = env.model_copy(update={"services": {**env.services, "analytics-service": analytics.model_copy(
+        update={"routes": [*analytics.routes, analytics.routes[0].model_copy(update={"prefix": "/api/reports"})]})}})
+    pid = gw.master_pid()
+    try:
+        assert json.loads(gw.request("GET", "/api/reports/x", source="127.1.9.1")[2])["service"] == "api-gateway"
+        conf.write_text(render_nginx(changed, gw.names, gw.layout))
+        gw.reload()
+        deadline = time.monotonic() + 5
+        while json.loads(gw.request("GET", "/api/reports/x", source="127.1.9.2")[2])["service"] != "analytics-service":
+            assert time.monotonic() < deadline, "the reloaded route never served"
+            time.sleep(0.05)
+        conf.write_text(original.replace("limit_req_status 429;", "limit_req_status 429;\n    limit_req_zone broken;"))
+        assert gw.test_config().returncode != 0  # the reload command stops here (`nginx -t && ...`)
+        assert json.loads(gw.request("GET", "/api/reports/x", source="127.1.9.3")[2])["service"] == "analytics-service"
+        assert gw.master_pid() == pid
+    finally:
+        conf.write_text(original)
+        gw.reload()
