@@ -3,6 +3,7 @@
 import pulumi
 
 from components.data import DataStore, DataStoreArgs
+from components.gateway import Gateway, GatewayArgs
 from components.host import Host, HostArgs
 from components.network import Networks, NetworksArgs
 from components.secrets import SecretStore, SecretStoreArgs
@@ -27,6 +28,10 @@ for name in env.service_order():
     after: list[pulumi.Resource] = [services[dep].container for dep in env.services[name].depends_on]
     services[name] = AppService(name, AppServiceArgs(env=env, host=host, networks=networks, secrets=secrets,
                                                      stores=stores, after=after))
+# The edge: routes to each service's current container, reloaded (never replaced) on a change.
+gateway = Gateway("gateway", GatewayArgs(env=env, host=host, networks=networks, secrets=secrets,
+                                         containers={name: svc.container for name, svc in services.items()
+                                                     if env.services[name].routes}))
 
 pulumi.export("host_address", host.address)
 pulumi.export("url", f"https://{env.domain}")

@@ -165,12 +165,18 @@ READ_BACK: dict[str, dict[str, Normaliser]] = {
     "aws:ec2/volumeAttachment:VolumeAttachment": {},  # Read sets nothing: state = inputs
     # terraform-provider-tls resource_private_key.go: algorithm stored as given.
     "tls:index/privateKey:PrivateKey": {},
+    # terraform-provider-tls resource_self_signed_cert.go (common_cert.go): allowed_uses, dns_names,
+    # subject, validity and early-renewal hours and private_key_pem are stored as given (the key
+    # PEM is our PrivateKey's own output, already in the provider's form).
+    "tls:index/selfSignedCert:SelfSignedCert": {},
     # terraform-provider-random resource_password.go: length/special stored as given (defaults added
     # for what we do not set, which is not diffed).
     "random:index/randomPassword:RandomPassword": {},
     # pulumi-command remote/commandController.go: outputs = inputs (plus inferred connection defaults,
     # so the program states `port`).
     "command:remote:Command": {},
+    # pulumi-command local/commandController.go: the same, and nothing to infer (no connection).
+    "command:local:Command": {},
 }
 
 

@@ -55,14 +55,17 @@ class ContainerSpec:
     stop_grace_seconds: int = 20
     deploy_timeout_seconds: int = 180
     # Stateless services are replaced start-first (zero downtime); stateful ones stop-first,
-    # because two engines writing one data volume would corrupt it.
-    lifecycle: Literal["stateless", "stateful"] = "stateless"
+    # because two engines writing one data volume would corrupt it. The edge (the gateway) has a
+    # fixed name and publishes host ports, which two containers cannot hold at once: stop-first
+    # too, and its configuration changes reach it by a reload, never a replacement.
+    lifecycle: Literal["stateless", "stateful", "edge"] = "stateless"
     fixed_name: str | None = None
     cap_add: Mapping[str, str] = field(default_factory=dict)  # capability -> why it is needed
     labels: Mapping[str, pulumi.Input[str]] = field(default_factory=dict)
     # A stable host name: RabbitMQ names its node, and so its Mnesia directory, rabbit@<hostname>.
     hostname: str | None = None
     shm_size_bytes: int | None = None  # /dev/shm; Docker's default is 64 MiB
+    ports: Mapping[int, int] = field(default_factory=dict)  # host port -> container port (the edge only)
 
 
 def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.ResourceOptions) -> docker.Container:
@@ -70,6 +73,10 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         raise ValueError(f"{name}: a stateless container must not have a fixed name (it blocks start-first replacement)")
     if spec.lifecycle == "stateful" and not spec.fixed_name:
         raise ValueError(f"{name}: a stateful container needs a fixed name so two can never run at once")
+    if spec.ports and spec.lifecycle != "edge":
+        raise ValueError(f"{name}: only the edge container publishes host ports")
+    if spec.lifecycle == "edge" and not spec.fixed_name:
+        raise ValueError(f"{name}: the edge container needs a fixed name (its reload addresses it by name)")
     if spec.lifecycle == "stateful" and not spec.hostname:
         raise ValueError(f"{name}: a stateful container needs a fixed hostname (a store's identity must survive replacement)")
     labels = {
@@ -85,7 +92,7 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         # (pulumi-docker provider/resources.go, docker_container `DeleteBeforeReplace: true`), and
         # only a defined option overrides it (pulumi/pulumi step_generator.go: `if
         # goal.DeleteBeforeReplace != nil`); the Python SDK sends it defined for False too.
-        delete_before_replace=spec.lifecycle == "stateful",
+        delete_before_replace=spec.lifecycle != "stateless",
         # Docker cannot change a healthcheck in place (kreuzwerker/terraform-provider-docker#988;
         # TP v4.5.0 Update ignores it). Stateless containers replace on any change ("*"), which
         # also makes the engine *replace*, not update, a container left with init errors by a
@@ -94,7 +101,7 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         # healthy old container, pending delete, would then be removed: a failed release would
         # replace a healthy one. Replacing again waits for health first, and the old one is only
         # deleted after a replacement turns healthy.
-        replace_on_changes=["healthcheck"] if spec.lifecycle == "stateful" else ["*"],
+        replace_on_changes=["*"] if spec.lifecycle == "stateless" else ["healthcheck"],
         # The provider's default create timeout is 20 minutes (kreuzwerker v4.5.0
         # resource_docker_container.go: `dockerContainerCreateDefaultTimeout = 20 * time.Minute`) and
         # the engine passes this one instead (pulumi/pulumi step.go CreateStep: `Timeout:
@@ -132,6 +139,9 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
             for m in spec.mounts
         ] or None,
         shm_size=spec.shm_size_bytes // MiB if spec.shm_size_bytes else None,
+        # Every address of the host: the security group (ec2) decides who reaches them.
+        ports=[docker.ContainerPortArgs(internal=inner, external=outer, ip="0.0.0.0", protocol="tcp")
+               for outer, inner in sorted(spec.ports.items())] or None,
         healthcheck=docker.ContainerHealthcheckArgs(tests=spec.healthcheck, **health),  # type: ignore[arg-type]
         # `up` waits for the new container to turn healthy; a container that never does fails the
         # update. A stateless one's predecessor keeps running (create-first); a store's is already

@@ -37,6 +37,10 @@ class Host(pulumi.ComponentResource):
     provider: docker.Provider
     engine_ready: list[pulumi.Resource]
     address: pulumi.Output[str]
+    # How a command reaches the host's `docker` CLI: over the engine-ready wait's SSH connection
+    # (ec2), or on this machine against the configured endpoint (local).
+    connection: command.remote.ConnectionArgs | None = None
+    docker_cli: str = "docker"
 
     def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         refuse_docker_environment(os.environ)
@@ -46,6 +50,7 @@ class Host(pulumi.ComponentResource):
         if env.host.kind == "local":
             self.address = pulumi.Output.from_input("localhost")
             self.engine_ready = []
+            self.docker_cli = f"docker -H {env.host.docker_host}"
             self.provider = docker.Provider(f"{name}-docker", host=env.host.docker_host,
                                             registry_auth=registry_auth(env, args.secrets), opts=self._child())
         else:
@@ -143,13 +148,14 @@ class Host(pulumi.ComponentResource):
 
         self.address = eip.public_ip
         known_host = host_key.public_key_openssh.apply(lambda k: k.strip())
+        self.connection = command.remote.ConnectionArgs(
+            host=eip.public_ip, user=host.ssh_user, host_key=known_host,
+            private_key=pulumi.Output.secret(host.ssh_private_key) if host.ssh_private_key else None,
+            # port stated: pulumi-command stores the inferred default (remote/connection.go).
+            port=22, dial_error_limit=60, per_dial_timeout=10)
         wait = command.remote.Command(
             f"{name}-engine-ready",
-            connection=command.remote.ConnectionArgs(
-                host=eip.public_ip, user=host.ssh_user, host_key=known_host,
-                private_key=pulumi.Output.secret(host.ssh_private_key) if host.ssh_private_key else None,
-                # port stated: pulumi-command stores the inferred default (remote/connection.go).
-                port=22, dial_error_limit=60, per_dial_timeout=10),
+            connection=self.connection,
             # Explicit in the graph: nothing touches Docker before cloud-init finished, the data
             # volume is mounted and the engine answers.
             create=f"cloud-init status --wait >/dev/null; for i in $(seq 1 120); do mountpoint -q {DATA_MOUNT} "

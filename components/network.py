@@ -2,7 +2,8 @@
 
 `data` is internal (no route off the host): only the stores and the services that use them join
 it. `apps` is internal too: service-to-service and, later, gateway-to-service traffic. Only
-services that declare `egress` join `egress`, the one network with a route to the internet.
+services that declare `egress` join `egress`, a network with a route to the internet. `edge` holds
+the gateway alone: its published ports 80 and 443.
 """
 
 from __future__ import annotations
@@ -39,4 +40,8 @@ class Networks(pulumi.ComponentResource):
         self.data = network("data", internal=True)
         self.apps = network("apps", internal=True)
         self.egress = network("egress", internal=False)
-        self.register_outputs({"data": self.data.name, "apps": self.apps.name, "egress": self.egress.name})
+        # Published ports need a network with a route to the host: `apps` is internal, so the
+        # gateway (and only the gateway) also joins `edge`.
+        self.edge = network("edge", internal=False)
+        self.register_outputs({"data": self.data.name, "apps": self.apps.name, "egress": self.egress.name,
+                               "edge": self.edge.name})

@@ -415,3 +415,11 @@ def registry_host(value: str) -> str:
     if not re.fullmatch(r"(localhost|[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)+)(:[0-9]{1,5})?", value):
         raise ValueError(f"{value!r} is not a registry host like ghcr.io or registry.example.com:5000 (no scheme, no path)")
     return value
+
+
+def email(value: str) -> str:
+    # What an ACME server accepts as a mailto: contact: one address, no display name.
+    if not re.fullmatch(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                        r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+", value):
+        raise ValueError(f"{value!r} is not an e-mail address (ops@example.com)")
+    return value

@@ -13,6 +13,10 @@ from typing import TYPE_CHECKING, Literal
 
 from config.checks import is_graviton, max_vcpus, secret_looking
 
+# Paths the gateway answers itself: its own health, the ACME challenge (and /.well-known generally),
+# and Grafana (the monitoring half of the gateway issue). A route inside one would shadow it or be shadowed.
+RESERVED_PREFIXES = ("/healthz", "/.well-known", "/grafana")
+
 if TYPE_CHECKING:
     from config.model import Environment, SecretRef
 
@@ -123,6 +127,10 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
             if route.prefix in seen_prefixes:
                 yield f"{at}.routes.{i}.prefix", f"{route.prefix} is already routed to {seen_prefixes[route.prefix]}"
             seen_prefixes.setdefault(route.prefix, name)
+            reserved = next((r for r in RESERVED_PREFIXES if route.prefix.startswith(r)), None)
+            if reserved:
+                yield (f"{at}.routes.{i}.prefix", f"{route.prefix} collides with {reserved}, which the gateway "
+                       "answers itself; choose another prefix")
             if route.rate_limit not in env.gateway.rate_limits:
                 yield f"{at}.routes.{i}.rate_limit", f"no rate limit zone {route.rate_limit!r} in gateway.rate_limits"
         if svc.kind == "worker" and svc.routes:
@@ -139,6 +147,7 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
     yield from _secret_problems(env)
     for var in sorted(filter(secret_looking, env.env)):
         yield f"env.{var}", PLAIN_SECRET
+    yield from _tls_problems(env)
     for var in sorted(set(env.env) & DERIVED_NAMES):
         yield f"env.{var}", "is derived by the program; remove it"
     if env.postgres.shared_buffers >= env.postgres.memory:
@@ -180,8 +189,27 @@ def _env_problems(env: Environment, name: str) -> Iterator[tuple[str, ...]]:
         yield f"{at}.required_env", f"{var} is not provided by shared env, an override, a secret or the program{why}"
 
 
+def _tls_problems(env: Environment) -> Iterator[tuple[str, ...]]:
+    tls = env.tls
+    if tls.mode == "secretsmanager" and not tls.secret:
+        yield "tls.secret", "is required for tls.mode secretsmanager: the logical secret holding certificate and private_key"
+    if tls.mode != "secretsmanager" and tls.secret:
+        yield "tls.secret", f"applies to tls.mode secretsmanager only; tls.mode {tls.mode} would ignore it"
+    if tls.mode == "letsencrypt":
+        if not tls.email:
+            yield "tls.email", "is required for tls.mode letsencrypt: the ACME account's contact e-mail"
+        yield "tls.mode", ("letsencrypt is not supported yet (the certbot companion is still to be built); "
+                           "use secretsmanager or selfsigned")
+    elif tls.email:
+        yield "tls.email", f"applies to tls.mode letsencrypt only; tls.mode {tls.mode} would ignore it"
+    if tls.mode == "selfsigned" and env.host.kind == "ec2" and env.stack == "prod":
+        yield "tls.mode", "a self-signed certificate is for staging and local; prod needs secretsmanager"
+
+
 def _secret_problems(env: Environment) -> Iterator[tuple[str, ...]]:
     used: dict[str, list[str]] = {}
+    if env.tls.mode == "secretsmanager" and env.tls.secret:
+        used.setdefault(env.tls.secret, []).append("tls.secret")
     for name, svc in env.services.items():
         for var, ref in svc.secrets.items():
             used.setdefault(ref.secret, []).append(f"services.{name}.secrets.{var}")

@@ -131,6 +131,10 @@ class StrictMocks(mocks.Mocks):
             return {"privateKeyOpenssh": private, "privateKeyPem": private, "privateKeyPemPkcs8": private,
                     "publicKeyOpenssh": public, "publicKeyPem": public, "publicKeyFingerprintSha256": f"SHA256:{h[:43]}",
                     "publicKeyFingerprintMd5": h[:32], "id": h[:40]}
+        if typ == "tls:index/selfSignedCert:SelfSignedCert":
+            cert = f"-----BEGIN CERTIFICATE-----\nMOCK{h}\n-----END CERTIFICATE-----\n"
+            return {"certPem": cert, "validityStartTime": "2026-01-01T00:00:00Z", "validityEndTime": "2026-04-01T00:00:00Z",
+                    "readyForRenewal": False, "keyAlgorithm": "ECDSA", "id": str(int(h[:16], 16))}
         if typ == "docker:index/remoteImage:RemoteImage":
             ref = str(inputs.get("name", ""))
             repo, _, pinned = ref.partition("@")

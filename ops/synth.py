@@ -154,6 +154,16 @@ def summary(rec: Recording, redactor: Redactor | None = None) -> str:
                       # From the model, not from the container's inputs: those are one secret list
                       # as soon as one variable is secret, so this is where the environment is reviewed.
                       f"- env: {_env(rec, comp.name)}"]
+        if comp.type.endswith(":Gateway"):
+            table = [(r.prefix, name, r.kind, "none" if r.kind == "webhook" else
+                      f"{r.rate_limit} ({env.gateway.rate_limits[r.rate_limit].per_second}/s, "
+                      f"burst {env.gateway.rate_limits[r.rate_limit].burst})")
+                     for name, s in env.services.items() for r in s.routes]
+            lines += [f"- tls: {env.tls.mode}" + (f" (secret `{env.tls.secret}`)" if env.tls.secret else ""),
+                      f"- body limit: {env.gateway.max_body // 1024**2} MiB, webhooks "
+                      f"{env.gateway.webhook_max_body // 1024**2} MiB",
+                      "- routes (longest prefix wins): " + ", ".join(
+                          f"`{prefix}` -> {name} ({kind}, limit {limit})" for prefix, name, kind, limit in sorted(table))]
         if comp.type.endswith(":SecretStore"):
             reads = sorted({i.args.get("secretId", "") for i in rec.invokes if i.token.endswith(":getSecretVersion")})
             lines.append(f"- reads from Secrets Manager: {', '.join(f'`{r}`' for r in reads) or 'nothing (generated)'}")

@@ -144,6 +144,23 @@ CASES: list[tuple[str, Mut, str, str]] = [
     ("ssh-option-form", stack_in("host.ssh_options", ["-J bastion"]), f"{S}: host.ssh_options", "Key=value"),
     ("ssh-option-routing", stack_in("host.ssh_options", ["ProxyJump=bastion"]), f"{S}: host.ssh_options", "allowed:"),
     ("services-not-mapping", stack("services", ["chat-service"]), f"{S}: services", "mapping"),
+    # The gateway answers these paths itself.
+    ("route-grafana", catalog_in("services.analytics-service.routes", [{"prefix": "/grafana"}]),
+     f"{C}: services.analytics-service.routes.0.prefix", "collides with /grafana"),
+    ("route-healthz", catalog_in("services.analytics-service.routes", [{"prefix": "/healthz/deep"}]),
+     f"{C}: services.analytics-service.routes.0.prefix", "collides with /healthz"),
+    ("route-well-known", catalog_in("services.frontend.routes", [{"prefix": "/"}, {"prefix": "/.well-known/x"}]),
+     f"{C}: services.frontend.routes.1.prefix", "collides with /.well-known"),
+    ("tls-mode", stack_in("tls.mode", "acme"), f"{S}: tls.mode", "'secretsmanager', 'selfsigned' or 'letsencrypt'"),
+    ("tls-letsencrypt-no-email", stack("tls", {"mode": "letsencrypt"}), f"{S}: tls.email", "contact e-mail"),
+    ("tls-letsencrypt-unsupported", stack("tls", {"mode": "letsencrypt", "email": "ops@mysaaschat.app"}),
+     f"{S}: tls.mode", "not supported yet"),
+    ("tls-bad-email", stack("tls", {"mode": "letsencrypt", "email": "ops at example"}), f"{S}: tls.email",
+     "not an e-mail address"),
+    ("tls-secret-missing", stack("tls", {"mode": "secretsmanager"}), f"{S}: tls.secret", "is required"),
+    ("tls-secret-unmapped", drop_in("secrets.tls"), f"{S}: secrets.tls", "tls.secret"),
+    ("tls-missing", drop("tls"), f"{S}: tls", "required"),
+    ("gateway-body", stack_in("gateway.max_body", "10MB"), f"{S}: gateway.max_body", "Ki, Mi or Gi"),
 ]
 
 

@@ -19,6 +19,12 @@ def spec(**overrides: Any) -> ContainerSpec:
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"lifecycle": "stateless", "fixed_name": "x"}, "must not have a fixed name"),
     ({"lifecycle": "stateful"}, "needs a fixed name"),
+    # Host ports are the edge's alone: two containers cannot hold one, and a service must be
+    # replaceable start-first.
+    ({"lifecycle": "stateless", "ports": {80: 8080}}, "only the edge container publishes host ports"),
+    ({"lifecycle": "stateful", "fixed_name": "x", "hostname": "x", "ports": {5432: 5432}},
+     "only the edge container publishes host ports"),
+    ({"lifecycle": "edge", "ports": {443: 8443}}, "the edge container needs a fixed name"),
 ])
 def test_replacement_guards(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):

@@ -11,6 +11,7 @@ from ops.strict import SECRET_SIG
 
 CONTAINER = "docker:index/container:Container"
 STORES = {"postgres", "redis", "rabbitmq"}
+GATEWAY = "gateway"
 
 
 def _lifecycle(reg: Registration) -> str:
@@ -18,9 +19,9 @@ def _lifecycle(reg: Registration) -> str:
 
 
 def containers(rec: Recording) -> list[Registration]:
-    """The containers that run (services and stores), not the never-started seeds."""
+    """The containers that run (services, stores, the gateway), not the never-started seeds."""
     found = [r for r in rec.resources.values() if r.type == CONTAINER and _lifecycle(r) != "seed"]
-    assert len(found) == len(rec.env.services) + len(STORES)
+    assert len(found) == len(rec.env.services) + len(STORES) + 1
     return found
 
 
@@ -38,14 +39,14 @@ def test_no_upload_targets_a_read_only_container(rec: Recording) -> None:
 
 
 def test_seeds_never_run_and_hold_no_privilege(rec: Recording) -> None:
-    assert {s.name for s in seeds(rec)} == {f"{k}-files" for k in STORES}
+    assert {s.name for s in seeds(rec)} == {f"{k}-files" for k in (*STORES, GATEWAY)}
     for s in seeds(rec):
         i = s.inputs
         assert i["start"] is False and i["mustRun"] is False and i["restart"] == "no", s.name
         assert i["networkMode"] == "none" and "networksAdvanced" not in i, s.name
         assert i["capabilities"] == {"drops": ["ALL"]} and i["securityOpts"] == ["no-new-privileges:true"], s.name
         assert i["uploads"] and all(u["permissions"] == "0400" for u in i["uploads"]), s.name
-    for store in (c for c in containers(rec) if c.name in STORES):
+    for store in (c for c in containers(rec) if c.name in (*STORES, GATEWAY)):
         seed = next(s for s in seeds(rec) if s.name == f"{store.name}-files")
         assert seed.urn in store.dependencies, store.name  # the files exist before the store starts
         seeded = {v["volumeName"] for v in seed.inputs["volumes"]}
@@ -77,10 +78,51 @@ def test_every_container_is_hardened(rec: Recording) -> None:
         assert labels["com.mysaaschat.image-digest"].split("@")[1].startswith("sha256:")
 
 
-def test_no_container_publishes_ports(rec: Recording) -> None:
-    # Only the gateway may publish host ports, and it arrives with the gateway issue.
+def test_only_the_gateway_publishes_ports(rec: Recording) -> None:
     for c in containers(rec):
-        assert not c.inputs.get("ports"), c.name
+        if c.name != GATEWAY:
+            assert not c.inputs.get("ports"), c.name
+    gateway = next(c for c in containers(rec) if c.name == GATEWAY)
+    # Unprivileged inside (no NET_BIND_SERVICE: capabilities are checked above), 80/443 on the host.
+    assert {(p["external"], p["internal"]) for p in gateway.inputs["ports"]} == {(80, 8080), (443, 8443)}
+    assert all(int(p["internal"]) >= 1024 for p in gateway.inputs["ports"])
+
+
+def test_gateway_sits_on_apps_and_edge(rec: Recording) -> None:
+    networks = {r.inputs["name"]: r for r in rec.resources.values() if r.type == "docker:index/network:Network"}
+    gateway = next(c for c in containers(rec) if c.name == GATEWAY)
+    attached = {networks[n["name"]].name for n in gateway.inputs["networksAdvanced"]}
+    assert attached == {"net-apps", "net-edge"}
+    assert networks[f"mysaaschat-{rec.stack}-edge"].inputs["internal"] is False  # published ports need a route
+    assert networks[f"mysaaschat-{rec.stack}-apps"].inputs["internal"] is True
+    for c in containers(rec):  # the edge holds the gateway alone
+        if c.name != GATEWAY:
+            assert f"mysaaschat-{rec.stack}-edge" not in {n["name"] for n in c.inputs["networksAdvanced"]}, c.name
+
+
+def test_a_config_change_reloads_the_gateway_and_never_replaces_it(rec: Recording) -> None:
+    """The gateway carries no digest of its files (a change must not replace a container that holds
+    ports 80/443); the reload command is triggered by that digest and runs after the seed wrote the
+    files, after the gateway runs, and after every routed service's container is created healthy."""
+    gateway = next(c for c in containers(rec) if c.name == GATEWAY)
+    labels = {lbl["label"] for lbl in gateway.inputs["labels"]}
+    assert not any("sha256" in label for label in labels)
+    assert gateway.delete_before_replace and gateway.inputs["name"] == f"mysaaschat-{rec.stack}-gateway"
+    seed = next(s for s in seeds(rec) if s.name == "gateway-files")
+    [reload] = [r for r in rec.resources.values() if r.name == "gateway-reload"]
+    assert reload.type == ("command:remote:Command" if rec.env.host.kind == "ec2" else "command:local:Command")
+    assert reload.inputs["triggers"] and len(reload.inputs["triggers"][0]) == 64
+    create = reload.inputs["create"]
+    assert create.index("nginx -c /etc/mysaaschat-gateway/nginx.conf -t") < create.index("-s reload")
+    assert " && " in create  # no reload of a configuration nginx refused
+    assert {seed.urn, gateway.urn} <= set(reload.dependencies)
+    routed = {c.urn for c in containers(rec) if c.name in rec.env.services and rec.env.services[c.name].routes}
+    assert routed and routed <= set(reload.dependencies)
+    # The files name the containers, so the seed itself follows every routed container.
+    assert routed <= set(seed.dependencies)
+    if rec.env.host.kind == "ec2":
+        wait = next(r for r in rec.resources.values() if r.name == "host-engine-ready")
+        assert plain(reload.inputs["connection"]) == plain(wait.inputs["connection"])
 
 
 def test_data_stores_sit_only_on_the_internal_data_network(rec: Recording) -> None:
@@ -112,7 +154,11 @@ def test_replacement_strategy(rec: Recording) -> None:
     for c in containers(rec):
         # Explicit either way: pulumi-docker defaults containers to delete-before-replace.
         assert c.delete_before_replace_defined, c.name
-        if c.name in STORES:
+        if c.name == GATEWAY:
+            # Ports 80/443 are held by one container at a time: stop-first, fixed name.
+            assert c.replace_on_changes == ["healthcheck"] and c.delete_before_replace, c.name
+            assert c.inputs["wait"] is True
+        elif c.name in STORES:
             assert c.replace_on_changes == ["healthcheck"], c.name
             # Never two writers on one volume: fixed name, stop first. A fixed host name keeps the
             # store's identity: RabbitMQ's node (and Mnesia directory) is rabbit@<hostname>.
@@ -131,7 +177,7 @@ def test_replacement_strategy(rec: Recording) -> None:
 def test_every_docker_resource_uses_the_hosts_provider_after_the_engine_answers(rec: Recording) -> None:
     providers = [r for r in rec.resources.values() if r.type == "pulumi:providers:docker"]
     assert [p.name for p in providers] == ["host-docker"]
-    wait = [r.urn for r in rec.resources.values() if r.type == "command:remote:Command"]
+    wait = [r.urn for r in rec.resources.values() if r.name == "host-engine-ready"]
     for r in rec.resources.values():
         if r.type.startswith("docker:"):
             assert r.provider == providers[0].urn, r.name
@@ -191,10 +237,12 @@ def test_host_wave_depth_fits_the_target() -> None:
 
     rec = recording("prod")
     result = waves(rec)
-    # Eight steps: the seed containers (a create and an upload, no start) sit between the volumes
-    # and the stores. What takes time is waiting for health: stores, then services, two waves.
-    assert len(result) <= 8
-    # Along any dependency chain, at most two health waits follow one another.
+    # Eleven steps: the seed containers (a create and an upload, no start) sit between the volumes
+    # and the stores; the gateway's seed, the gateway and its reload follow the services (the
+    # config names their containers). What takes time is waiting for health: stores, then services,
+    # then the gateway (nginx answers /healthz within a second of starting).
+    assert len(result) <= 11
+    # Along any dependency chain, at most three health waits follow one another.
     memo: dict[str, int] = {}
 
     def waits(urn: str) -> int:
@@ -204,7 +252,7 @@ def test_host_wave_depth_fits_the_target() -> None:
             memo[urn] = int(bool(reg.inputs.get("wait"))) + max((waits(d) for d in deps), default=0)
         return memo[urn]
 
-    assert max(waits(urn) for urn in rec.resources) == 2
+    assert max(waits(urn) for urn in rec.resources) == 3
 
 
 def test_host_role_is_least_privilege() -> None:
@@ -245,7 +293,7 @@ def test_ssh_to_the_host_pins_its_key(rec: Recording) -> None:
     stack = rec.stack
     assert f"UserKnownHostsFile=~/.ssh/my-saas-chat/{stack}.known_hosts" in opts
     assert f"HostKeyAlias=my-saas-chat-{stack}" in opts
-    wait = next(r for r in rec.resources.values() if r.type == "command:remote:Command")
+    wait = next(r for r in rec.resources.values() if r.name == "host-engine-ready")
     pinned = plain(wait.inputs["connection"])["hostKey"]
     # Both connections verify the one key Pulumi generated for the host (the file's content is
     # tested against a real sshd in tests/test_host.py).
@@ -263,6 +311,6 @@ def test_depends_on_orders_one_service_after_another(tmp_path: Any) -> None:
     path = tmp_path / "catalog.yaml"
     path.write_text(yaml.safe_dump(catalog))
     rec = run_stack("staging", catalog=path)
-    by_name = {r.name: r for r in rec.resources.values() if r.type == CONTAINER}
+    by_name = {r.name: r for r in rec.resources.values() if r.type == CONTAINER and r.name in rec.env.services}
     assert by_name["auth-service"].urn in by_name["api-gateway"].dependencies
     assert not any(by_name["api-gateway"].urn in r.dependencies for r in by_name.values())
