@@ -71,6 +71,27 @@ def ns(value: str) -> int:
 # --- Services: the container carries what the model says ------------------------------------------
 
 def test_each_service_container_carries_its_model_values(rec: Recording) -> None:
+    check_model_values(rec)
+
+
+def test_values_other_than_the_defaults_reach_the_container_too(tmp_path: Path) -> None:
+    """Each service with its own timings, limits and paths: no rendered value may be a constant that
+    happens to equal today's default."""
+    from config.load import CATALOG_FILE
+    from ops.runner import run_stack
+
+    catalog = yaml.safe_load(CATALOG_FILE.read_text())
+    for i, svc in enumerate(catalog["services"].values()):
+        svc.update({"deploy_timeout_seconds": 200 + 7 * i, "stop_grace_seconds": 25 + i, "user": f"{2000 + i}:{2000 + i}",
+                    "tmpfs": ["/tmp", f"/var/cache/s{i}"], "health_path": f"/healthz/{i}",
+                    "healthcheck": {"interval": f"{11 + i}s", "timeout": f"{4 + i}s", "retries": 2 + i,
+                                    "start_period": f"{40 + i}s"}})
+    path = tmp_path / "catalog.yaml"
+    path.write_text(yaml.safe_dump(catalog))
+    check_model_values(run_stack("staging", catalog=path))
+
+
+def check_model_values(rec: Recording) -> None:
     for name, svc in rec.env.services.items():
         c = container(rec, name)
         i = c.inputs
@@ -89,6 +110,13 @@ def test_each_service_container_carries_its_model_values(rec: Recording) -> None
         assert health["retries"] == svc.healthcheck.retries, name
         for key, wire in (("interval", "interval"), ("timeout", "timeout"), ("start_period", "startPeriod")):
             assert ns(health[wire]) == ns(getattr(svc.healthcheck, key)), (name, key)
+
+
+def test_every_image_is_kept_on_the_host_for_the_swap(rec: Recording) -> None:
+    """keep_locally: during a start-first swap the old container still runs on the old image."""
+    images = of_type(rec, "docker:index/remoteImage:RemoteImage")
+    assert len(images) == len(rec.env.services) + len(STORES)
+    assert all(i.inputs["keepLocally"] is True for i in images)
 
 
 def test_service_networks_follow_uses_and_egress(rec: Recording) -> None:
@@ -342,18 +370,22 @@ def test_security_upgrades_are_unattended() -> None:
 
 # --- ops: redaction fails closed ------------------------------------------------------------------
 
-SECRET = "pa:ss/w+rd=0123456789"
+# A space, a slash, a quote and characters whose base64 holds "+" and "/": no encoding contains another.
+SECRET = 'pa ss/w+rd=>>>???"0123'
 
 
-@pytest.mark.parametrize("form", ["raw", "url", "url-safe", "json", "base64", "base64-url"])
+@pytest.mark.parametrize("form", ["raw", "url", "url-safe", "url-plus", "json", "base64", "base64-url"])
 def test_a_leaked_secret_is_found_in_every_encoding(form: str) -> None:
     import base64
-    from urllib.parse import quote
+    from urllib.parse import quote, quote_plus
 
     from ops import synth
-    text = {"raw": SECRET, "url": quote(SECRET), "url-safe": quote(SECRET, safe=""), "json": json.dumps(SECRET),
+    text = {"raw": SECRET, "url": quote(SECRET), "url-safe": quote(SECRET, safe=""), "url-plus": quote_plus(SECRET),
+            "json": json.dumps(SECRET),
             "base64": base64.b64encode(SECRET.encode()).decode(),
             "base64-url": base64.urlsafe_b64encode(SECRET.encode()).decode()}[form]
+    # Exactly one of the forms synth looks for is in the text: each form is needed on its own.
+    assert len([f for f in synth.encodings(SECRET) if f in text]) == 1, form
     with pytest.raises(synth.SecretLeakError):
         synth.check_no_leak({"summary.md": f"x {text} y"}, {SECRET})
 
