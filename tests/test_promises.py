@@ -409,3 +409,11 @@ def test_render_refuses_output_that_shows_a_secret_and_the_cli_writes_nothing(tm
     result = CliRunner().invoke(cli.app, ["synth", "local", "--out", str(tmp_path / "out")])
     assert result.exit_code == 1, result.output
     assert not (tmp_path / "out").exists() and not list(tmp_path.iterdir())
+
+
+def test_synth_never_writes_into_the_operators_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The program pins the host key in ~/.ssh at every run; a synth does it in a throwaway home."""
+    from ops.runner import run_stack
+    monkeypatch.setenv("HOME", str(tmp_path))
+    run_stack("prod")
+    assert list(tmp_path.iterdir()) == []
