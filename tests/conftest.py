@@ -48,7 +48,9 @@ def require_tool(name: str) -> str:
 def server_group(argv: list[str], grace: float = 10, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
     """A real server in a process group of its own; the whole group is stopped on the way out,
     whatever happened: a wrapper script's children (RabbitMQ's beam.smp, epmd) never outlive the test."""
-    proc = subprocess.Popen(argv, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kwargs)
+    kwargs.setdefault("stdout", subprocess.DEVNULL)
+    kwargs.setdefault("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
     try:
         yield proc
     finally:
