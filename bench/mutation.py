@@ -94,9 +94,24 @@ def _stop_all(*_: object) -> None:
     raise SystemExit(130)
 
 
+def _sweep(marker: str) -> None:
+    """Kill what a run left in sessions of its own (a test's server whose test was killed with its
+    pytest): every process whose environment carries the run's marker."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if marker.encode() in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
 def _run(cmd: list[str], cwd: Path, deadline: float) -> tuple[int | None, str]:
-    """Run in a new session; afterwards (or on timeout) kill the whole process group."""
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_ADDOPTS": ""}
+    """Run in a new session; afterwards (or on timeout) kill the whole process group, and whatever
+    it started in sessions of its own."""
+    marker = f"BENCH_MUTATION_RUN={os.getpid()}-{time.monotonic_ns()}"
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1", "PYTEST_ADDOPTS": "", marker.split("=")[0]: marker.split("=")[1]}
     proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     _LIVE.add(proc.pid)
@@ -109,6 +124,7 @@ def _run(cmd: list[str], cwd: Path, deadline: float) -> tuple[int | None, str]:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+        _sweep(marker)
         _LIVE.discard(proc.pid)
     return code, out.decode(errors="replace")
 
