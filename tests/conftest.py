@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,3 +42,73 @@ def require_tool(name: str) -> str:
             pytest.fail(f"{name} is not installed; .ci/run must install it")
         pytest.skip(f"{name} is not installed (CI installs it)")
     return path
+
+
+@contextlib.contextmanager
+def server_group(argv: list[str], grace: float = 10, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
+    """A real server in a process group of its own; the whole group is stopped on the way out,
+    whatever happened: a wrapper script's children (RabbitMQ's beam.smp, epmd) never outlive the test."""
+    kwargs.setdefault("stdout", subprocess.DEVNULL)
+    kwargs.setdefault("stderr", subprocess.DEVNULL)
+    proc = subprocess.Popen(argv, start_new_session=True, **kwargs)
+    try:
+        yield proc
+    finally:
+        stop_group(proc, grace)
+
+
+def stop_group(proc: subprocess.Popen[bytes], grace: float = 10) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and _group_alive(proc.pid):
+            proc.poll()
+            time.sleep(0.05)
+        if not _group_alive(proc.pid):
+            break
+    proc.wait(grace)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+# --- Hygiene: a test run leaves no file in the working tree ------------------------------------
+
+_CACHES = ("__pycache__/", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/")
+
+
+def working_tree_files() -> set[str] | None:
+    """Untracked and ignored paths of the working tree (None outside a git checkout)."""
+    result = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--ignored"], cwd=ROOT,
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        return None
+    return {line[3:] for line in result.stdout.splitlines()
+            if line[:2] in ("??", "!!") and not any(c in line or line.endswith(c[:-1]) for c in _CACHES)}
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not hasattr(session.config, "workerinput"):  # the xdist controller, or a plain run
+        session.config.stash[_BEFORE] = working_tree_files()
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    before = session.config.stash.get(_BEFORE, None)
+    after = working_tree_files() if before is not None else None
+    if before is None or after is None:
+        return
+    new = sorted(after - before)
+    if new:
+        sys.stderr.write("the test run left files in the working tree:\n" + "".join(f"  {p}\n" for p in new))
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+_BEFORE = pytest.StashKey[set[str] | None]()

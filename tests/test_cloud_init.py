@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -142,3 +143,43 @@ def test_unused_images_are_pruned_weekly(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     (tmp_path / "broken.timer").write_text(timer.replace("weekly", "weeklyy"))
     assert subprocess.run([analyze, "verify", str(tmp_path / "broken.timer")], capture_output=True).returncode != 0
+
+
+@pytest.fixture
+def loop_device(tmp_path: Path) -> Iterator[Path]:
+    """A real block device (a loop device over a blank image), detached whatever the outcome."""
+    require_tool("losetup")
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("a loop device needs root, as CI has")
+        pytest.skip("a loop device needs root")
+    image = tmp_path / "disk.img"
+    subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
+    device = Path(subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,
+                                 text=True).stdout.strip())
+    try:
+        yield device
+    finally:
+        subprocess.run(["losetup", "-d", str(device)], capture_output=True)
+
+
+def _uuid(device: Path) -> str:
+    return subprocess.run(["blkid", "-p", "-o", "value", "-s", "UUID", str(device)], capture_output=True,
+                          text=True).stdout.strip()
+
+
+def test_a_blank_block_device_is_formatted_and_a_formatted_one_left_alone(tmp_path: Path, loop_device: Path) -> None:
+    """The EBS volume is a block device: blank, it is formatted once; holding a filesystem, never again."""
+    assert _guard(tmp_path, loop_device).returncode == 0
+    assert _fs_type(loop_device) == "ext4"
+    first = _uuid(loop_device)
+    assert first
+    result = _guard(tmp_path, loop_device)
+    assert result.returncode == 0, result.stderr
+    assert _uuid(loop_device) == first  # the same filesystem, not a new one
+
+
+def test_a_block_device_with_another_signature_is_left_alone(tmp_path: Path, loop_device: Path) -> None:
+    subprocess.run(["mkswap", str(loop_device)], check=True, capture_output=True)
+    assert _guard(tmp_path, loop_device).returncode == 0
+    assert _fs_type(loop_device) == "swap"

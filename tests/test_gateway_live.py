@@ -283,33 +283,43 @@ def test_429_starts_exactly_after_the_burst(gw: Gateway, zone_route: str) -> Non
     # All requests at once, each on a connection whose TLS handshake is already done, so that the
     # whole series takes far less than one token's time (1 / rate): the count is then exact.
     total = limit.burst + 3
-    conns = [gw.https(source) for _ in range(total)]
-    for conn in conns:
-        conn.connect()
-    barrier = threading.Barrier(total + 1)
-    answers: list[tuple[int, bytes, dict[str, str]]] = []
-    lock = threading.Lock()
 
-    def one_request(conn: http.client.HTTPSConnection) -> None:
-        barrier.wait()
-        conn.request("GET", zone_route, headers={"Host": env.domain})
-        response = conn.getresponse()
-        answer = (response.status, response.read(), {k.lower(): v for k, v in response.getheaders()})
-        with lock:
-            answers.append(answer)
-
-    threads = [threading.Thread(target=one_request, args=(conn,)) for conn in conns]
-    try:
-        for t in threads:
-            t.start()
-        barrier.wait()
-        started = time.monotonic()
-        for t in threads:
-            t.join(10)
-        elapsed = time.monotonic() - started
-    finally:
+    def series() -> tuple[float, list[tuple[int, bytes, dict[str, str]]]]:
+        conns = [gw.https(source) for _ in range(total)]
         for conn in conns:
-            conn.close()
+            conn.connect()
+        barrier = threading.Barrier(total + 1)
+        answers: list[tuple[int, bytes, dict[str, str]]] = []
+        lock = threading.Lock()
+
+        def one_request(conn: http.client.HTTPSConnection) -> None:
+            barrier.wait()
+            conn.request("GET", zone_route, headers={"Host": env.domain})
+            response = conn.getresponse()
+            answer = (response.status, response.read(), {k.lower(): v for k, v in response.getheaders()})
+            with lock:
+                answers.append(answer)
+
+        threads = [threading.Thread(target=one_request, args=(conn,)) for conn in conns]
+        try:
+            for t in threads:
+                t.start()
+            barrier.wait()
+            started = time.monotonic()
+            for t in threads:
+                t.join(10)
+            return time.monotonic() - started, answers
+        finally:
+            for conn in conns:
+                conn.close()
+
+    # On a loaded machine a series can take longer than one token: then it proves nothing either
+    # way, so wait for the bucket to refill and measure again (at most 5 times).
+    for _ in range(5):
+        elapsed, answers = series()
+        if elapsed < 1 / limit.per_second:
+            break
+        time.sleep((limit.burst + 1) / limit.per_second)
     statuses = sorted(a[0] for a in answers)
     # One request at the rate plus `burst` more (nodelay), then 429; exact only if the series took
     # less than one token's time.

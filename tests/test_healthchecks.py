@@ -25,7 +25,7 @@ from pydantic import BaseModel
 from config.load import SHARED_FILE
 from config.model import Postgres, RabbitMQ, Redis
 from render.datastores import postgres_command, rabbitmq_conf, redis_conf
-from tests.conftest import recording, require_tool
+from tests.conftest import recording, require_tool, server_group, stop_group
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -115,8 +115,7 @@ def test_redis_healthcheck(tmp_path: Path) -> None:
     for old, new in (("bind * -::*", "bind 127.0.0.1"), ("port 6379", f"port {port}"), ("dir /data", f"dir {tmp_path}")):
         conf = conf.replace(old, new)
     (tmp_path / "redis.conf").write_text(conf)
-    proc = subprocess.Popen([server, str(tmp_path / "redis.conf")], stdout=subprocess.DEVNULL)
-    try:
+    with server_group([server, str(tmp_path / "redis.conf")], cwd=tmp_path) as proc:
         _wait_port(port)
         test = emitted("redis")
         env = {"REDIS_PORT": str(port)}
@@ -125,9 +124,7 @@ def test_redis_healthcheck(tmp_path: Path) -> None:
         # The seed's check, for the record: it "passes" with the wrong password.
         seed = subprocess.run(["redis-cli", "-p", str(port), "--raw", "incr", "ping"], capture_output=True, text=True)
         assert seed.returncode == 0 and "NOAUTH" in seed.stdout + seed.stderr
-    finally:
-        proc.terminate()
-        proc.wait(10)
+        stop_group(proc)
     assert run_check(test, {**env, "REDIS_PASSWORD_FILE": secret_file(tmp_path, "g2", "s3cret-redis")}) != 0
 
 
@@ -182,7 +179,7 @@ RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 def test_rabbitmq_healthcheck(tmp_path: Path) -> None:
     if not (RABBIT_BIN / "rabbitmq-server").exists():
         require_tool("rabbitmq-server")
-    port, dist = free_port(), free_port()
+    port, dist, epmd_port = free_port(), free_port(), free_port()
     spec = shared_spec(RabbitMQ, "rabbitmq")
     conf = tmp_path / "rabbitmq.conf"
     # The program's own rendered config, moved to free ports.
@@ -192,19 +189,23 @@ def test_rabbitmq_healthcheck(tmp_path: Path) -> None:
            "RABBITMQ_NODENAME": f"hc{port}@localhost", "RABBITMQ_DIST_PORT": str(dist),
            "RABBITMQ_MNESIA_BASE": str(tmp_path / "mnesia"), "RABBITMQ_LOG_BASE": str(tmp_path / "log"),
            "RABBITMQ_CONFIG_FILE": str(conf), "RABBITMQ_ENABLED_PLUGINS_FILE": str(tmp_path / "plugins"),
-           "RABBITMQ_PID_FILE": str(tmp_path / "pid")}
-    server = subprocess.Popen(["rabbitmq-server"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+           "RABBITMQ_PID_FILE": str(tmp_path / "pid"),
+           # A crash dump lands in the test's directory, never in the working tree.
+           "ERL_CRASH_DUMP": str(tmp_path / "erl_crash.dump"),
+           # A port mapper of the test's own, stopped with it (the VM would start a daemon that outlives it).
+           "ERL_EPMD_PORT": str(epmd_port)}
     test = emitted("rabbitmq")
-    check_env = {k: env[k] for k in ("PATH", "HOME", "RABBITMQ_NODENAME")} | {"RABBITMQ_USER": spec.user}
-    try:
-        _wait_port(port, timeout=90)
-        subprocess.run(["rabbitmqctl", "-q", "await_startup"], env=env, check=True, capture_output=True, timeout=90)
-        assert run_check(test, {**check_env, "RABBITMQ_PASSWORD_FILE": secret_file(tmp_path, "g", "s3cret-rabbit")}) == 0
-        assert run_check(test, {**check_env, "RABBITMQ_PASSWORD_FILE": secret_file(tmp_path, "b", "wrong")}) != 0
-        subprocess.run(["rabbitmqctl", "-q", "stop"], env=env, capture_output=True, timeout=60)
-        server.wait(60)
-        assert run_check(test, {**check_env, "RABBITMQ_PASSWORD_FILE": secret_file(tmp_path, "g2", "s3cret-rabbit")}) != 0
-    finally:
-        if server.poll() is None:
-            server.kill()
-            server.wait(10)
+    check_env = {k: env[k] for k in ("PATH", "HOME", "RABBITMQ_NODENAME", "ERL_EPMD_PORT")} | {"RABBITMQ_USER": spec.user}
+    epmd = shutil.which("epmd") or "epmd"
+    # rabbitmq-server is a script: beam.smp (and epmd) outlive a kill of its PID, so the whole
+    # process group is stopped, whatever the outcome.
+    with server_group([epmd, "-port", str(epmd_port)], cwd=tmp_path):
+        _wait_port(epmd_port)
+        with server_group(["rabbitmq-server"], env=env, cwd=tmp_path) as server:
+            _wait_port(port, timeout=90)
+            subprocess.run(["rabbitmqctl", "-q", "await_startup"], env=env, check=True, capture_output=True, timeout=90)
+            assert run_check(test, {**check_env, "RABBITMQ_PASSWORD_FILE": secret_file(tmp_path, "g", "s3cret-rabbit")}) == 0
+            assert run_check(test, {**check_env, "RABBITMQ_PASSWORD_FILE": secret_file(tmp_path, "b", "wrong")}) != 0
+            subprocess.run(["rabbitmqctl", "-q", "stop"], env=env, capture_output=True, timeout=60)
+            server.wait(60)
+            assert run_check(test, {**check_env, "RABBITMQ_PASSWORD_FILE": secret_file(tmp_path, "g2", "s3cret-rabbit")}) != 0

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from components.host import ssh_options, write_operator_files
 from config.model import Ami
 from ops.runner import run_stack
-from tests.conftest import recording, require_tool
+from tests.conftest import recording, require_tool, server_group
 
 
 def _invoke(stack: str, token: str) -> dict[str, object]:
@@ -76,16 +76,14 @@ def sshd(tmp_path: Path) -> Iterator[tuple[int, str, Path]]:
         f"AuthorizedKeysFile {tmp_path}/authorized_keys", "StrictModes no", "PasswordAuthentication no",
         "KbdInteractiveAuthentication no", "PermitRootLogin prohibit-password", "UsePAM no", ""]))
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation directory
-    proc = subprocess.Popen([server, "-D", "-e", "-f", str(config)], stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 10
-    while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.05)
-    try:
+    log = tmp_path / "sshd.log"
+    # Its own process group, stopped whole: the per-connection sshd processes go with the listener.
+    with log.open("wb") as err, server_group([server, "-D", "-e", "-f", str(config)], stderr=err) as proc:
+        deadline = time.monotonic() + 10
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
         yield port, host_public, client_key
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def _ssh(options: list[str], home: Path, port: int) -> subprocess.CompletedProcess[str]:

@@ -102,6 +102,17 @@ def test_a_read_and_a_registration_with_one_urn_fail() -> None:
     assert any("'data' (read)" in v and "Duplicate resource URN" in v for v in violations), violations
 
 
+def test_a_registration_after_a_read_with_one_urn_fails() -> None:
+    def program() -> None:
+        provider = local_provider()
+        docker.Network.get("data", "net-123", opts=pulumi.ResourceOptions(provider=provider))
+        docker.Network("data", name="d", opts=pulumi.ResourceOptions(provider=provider))
+    monitor = run_monitor(program)
+    assert [r.name for r in monitor.reads.values()] == ["data"]  # the read came first
+    assert any("'data'" in v and "(read)" not in v and "Duplicate resource URN" in v
+               for v in monitor.strict.violations), monitor.strict.violations
+
+
 def test_reads_are_recorded_and_checked() -> None:
     def program() -> None:
         provider = local_provider()
