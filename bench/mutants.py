@@ -28,9 +28,9 @@ SY, CL, ST, MK, RN = "ops/synth.py", "ops/cli.py", "ops/strict.py", "ops/mocks.p
 
 MUTANTS: list[Mutant] = [
     # --- components/container.py: the hardening and replacement every container gets -------------
-    Mutant("container-delete-first", C, 'delete_before_replace=spec.lifecycle == "stateful",',
+    Mutant("container-delete-first", C, 'delete_before_replace=spec.lifecycle != "stateless",',
            "delete_before_replace=True,", "services are replaced start-first (zero downtime)"),
-    Mutant("container-replace-on", C, 'replace_on_changes=["healthcheck"] if spec.lifecycle == "stateful" else ["*"],',
+    Mutant("container-replace-on", C, 'replace_on_changes=["*"] if spec.lifecycle == "stateless" else ["healthcheck"],',
            'replace_on_changes=["healthcheck"],', 'a failed release is replaced, not updated ("*")'),
     Mutant("container-create-timeout", C, 'create=f"{spec.deploy_timeout_seconds + 120}s"',
            'create=f"{spec.deploy_timeout_seconds}s"', "create timeout is 2 minutes longer than the deploy timeout"),
