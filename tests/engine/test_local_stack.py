@@ -22,12 +22,13 @@ import docker
 import pytest
 
 from components.canonical import go_duration, nano_cpus_string
-from tests.conftest import ROOT, recording
-from tests.engine.daemon import TEST_LABEL, clean
+from tests.conftest import recording
+from tests.engine.daemon import CACHE_DIR, TEST_LABEL, clean
 from tests.engine.replay import Replay, plain
 
 MiB = 1024 * 1024
-RESULTS = ROOT / "build" / "engine"
+# Outside the working tree (a test run leaves no file there), beside the engine's image cache.
+RESULTS = CACHE_DIR / "results"
 
 
 @pytest.fixture(scope="module")
@@ -265,7 +266,7 @@ def test_an_image_change_swaps_with_a_healthy_container_behind_the_alias(
         stack: Replay, engine_client: docker.DockerClient, engine_images: dict[str, str]) -> None:
     """Replayed as the engine does it (create-first for a stateless service): a prober inside the
     apps network calls the alias throughout, and the engine's own view is sampled. Figures go to
-    build/engine/swap.json."""
+    /var/cache/mysaaschat-engine/results/swap.json, and to the test output."""
     name, port = "chat-service", stack.recording.env.services["chat-service"].port
     new_image = engine_images["stub"].replace(":", ":v2-", 1)
     engine_client.images.get(engine_images["stub"]).tag(new_image)
