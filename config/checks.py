@@ -10,9 +10,11 @@ import base64
 import binascii
 import ipaddress
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 import idna
+
+from components.canonical import parse_go_duration
 
 KiB, MiB, GiB, TiB = 1024, 1024**2, 1024**3, 1024**4
 # A decimal such as 1.5Gi is accepted (Kubernetes writes sizes so) when it is a whole number of bytes.
@@ -56,34 +58,24 @@ def size_in(value: object, *, unit: int, minimum: int, maximum: int | None, cons
     return size
 
 
-# Go's time.ParseDuration, which Docker (and its Pulumi provider) uses for healthcheck durations.
-_GO_UNIT_NS = {"ns": 1, "us": 10**3, "µs": 10**3, "μs": 10**3, "ms": 10**6, "s": 10**9, "m": 60 * 10**9, "h": 3600 * 10**9}
-_GO_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 _GO_MAX_NS = 2**63 - 1
 
 
 def go_duration_ns(value: object) -> int:
+    """A config value as Go's time.ParseDuration reads it (components/canonical.py parses it, as the
+    Docker provider does for healthcheck durations), with messages for a config file."""
     if value is None:
         raise ValueError("is empty (null); give a duration such as 10s or 1m30s")
     if isinstance(value, bool) or not isinstance(value, str):
         raise ValueError(f"{value!r} is not a duration: write it as a string such as 10s, 1m30s or 500ms")
-    if value == "0":
-        return 0
-    pos, total = 0, Decimal(0)
-    for match in _GO_PART.finditer(value):
-        if match.start() != pos:
-            break
-        try:
-            total += Decimal(match.group(1)) * _GO_UNIT_NS[match.group(2)]
-        except InvalidOperation:
-            break
-        pos = match.end()
-    if pos != len(value) or not value:
+    try:
+        total = parse_go_duration(value)
+    except ValueError:
         raise ValueError(f"{value!r} is not a duration: use a number with ns, us, ms, s, m or h, alone or "
-                         "combined (500ms, 10s, 1m30s, 1h)")
+                         "combined (500ms, 10s, 1m30s, 1h)") from None
     if total > _GO_MAX_NS:
         raise ValueError(f"{value} is longer than the 292 years Docker can represent")
-    return int(total)
+    return total
 
 
 def docker_health_duration(value: object, *, zero: bool) -> str:
