@@ -515,10 +515,18 @@ def test_a_changed_route_is_served_after_a_validated_reload_and_a_refused_one_ne
         assert json.loads(gw.request("GET", "/api/reports/x", source="127.1.9.1")[2])["service"] == "api-gateway"
         conf.write_text(render_nginx(changed, gw.names, gw.layout))
         gw.reload()
-        deadline = time.monotonic() + 5
-        while json.loads(gw.request("GET", "/api/reports/x", source="127.1.9.2")[2])["service"] != "analytics-service":
-            assert time.monotonic() < deadline, "the reloaded route never served"
-            time.sleep(0.05)
+        # Until the old workers have exited, one of them can still accept a connection (nginx
+        # signals them after starting the new ones): wait for 20 answers in a row from the new config.
+        # Each from its own address, so the per-client rate limit never answers instead.
+        deadline, in_a_row, sent = time.monotonic() + 10, 0, 0
+        while in_a_row < 20:
+            sent += 1
+            served = json.loads(gw.request("GET", "/api/reports/x", source=f"127.1.{20 + sent // 250}.{1 + sent % 250}")[2])[
+                "service"]
+            in_a_row = in_a_row + 1 if served == "analytics-service" else 0
+            assert time.monotonic() < deadline, "the reloaded route never served steadily"
+            if not in_a_row:
+                time.sleep(0.05)
         conf.write_text(original.replace("limit_req_status 429;", "limit_req_status 429;\n    limit_req_zone broken;"))
         assert gw.test_config().returncode != 0  # the reload command stops here (`nginx -t && ...`)
         assert json.loads(gw.request("GET", "/api/reports/x", source="127.1.9.3")[2])["service"] == "analytics-service"
