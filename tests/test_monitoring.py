@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -263,3 +264,72 @@ def test_grafana_reads_its_password_from_a_file_and_serves_under_the_sub_path() 
     assert "GF_SECURITY_ADMIN_PASSWORD" not in env
     assert env["GF_SERVER_ROOT_URL"] == "https://mysaaschat.app/grafana/"
     assert env["GF_SERVER_SERVE_FROM_SUB_PATH"] == "true" and env["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+
+
+# ---------------------------------------------------------------------------------------------
+# The recorded component (strict mocks), every stack
+
+
+def _containers(stack: str) -> dict[str, Any]:
+    from tests.conftest import recording
+
+    return {r.name: r for r in recording(stack).resources.values()
+            if r.type == "docker:index/container:Container" and r.parent and "monitoring:Monitoring" in r.parent}
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_nothing_of_monitoring_is_published_and_grafana_reads_its_password_from_a_file(stack: str) -> None:
+    from tests.test_graph import plain
+
+    found = _containers(stack)
+    running = {n: c for n, c in found.items() if not n.endswith("-files")}
+    assert set(running) == {"prometheus", "alertmanager", "grafana", "node-exporter", "cadvisor", "postgres-exporter",
+                            "redis-exporter", "nginx-exporter"}
+    for name, c in running.items():
+        assert "ports" not in c.inputs, name
+    envs = [str(e) for e in plain(running["grafana"].inputs["envs"])]
+    assert f"GF_SECURITY_ADMIN_PASSWORD__FILE={m.GRAFANA_DIR}/admin_password" in envs
+    assert not any(e.startswith("GF_SECURITY_ADMIN_PASSWORD=") for e in envs)
+    uploads = {u["file"]: u for u in found["grafana-files"].inputs["uploads"]}
+    assert uploads[f"{m.GRAFANA_DIR}/admin_password"]["permissions"] == "0400"
+    # Prometheus declares every routed service as a scrape target (policy routed-service-scrape-target).
+    labels = {lbl["label"]: lbl["value"] for lbl in running["prometheus"].inputs["labels"]}
+    assert set(labels["com.mysaaschat.scrapes"].split(",")) >= set(environment(stack).services)
+    assert "--storage.tsdb.retention.time=" + environment(stack).monitoring.retention in running["prometheus"].inputs["command"]
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_host_access_is_exactly_what_host_access_declares(stack: str) -> None:
+    from config.host_access import HOST_ACCESS
+
+    for name, c in _containers(stack).items():
+        binds = {(v["hostPath"], v["containerPath"], v.get("readOnly") is True)
+                 for v in c.inputs.get("volumes", []) if "hostPath" in v}
+        declared = HOST_ACCESS.get(name)
+        assert binds == ({(h.host_path, h.container_path, h.read_only) for h in declared.mounts} if declared else set()), name
+        assert c.inputs["capabilities"] == {"drops": ["ALL"]}, name
+    for access in HOST_ACCESS.values():
+        assert all(h.read_only and h.reason for h in access.mounts)
+
+
+def test_the_gateway_serves_grafana_under_its_sub_path_only() -> None:
+    import crossplane
+
+    from render.nginx import Layout, render_nginx
+
+    env = environment("prod")
+    names = {n: f"{n}-abc123" for n, s in env.services.items() if s.routes}
+    text = render_nginx(env, names, Layout())
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "nginx.conf").write_text(text)
+        parsed = crossplane.parse(str(Path(tmp) / "nginx.conf"), single=True, check_ctx=False, check_args=False)
+    http = next(d for d in parsed["config"][0]["parsed"] if d["directive"] == "http")["block"]
+    servers = [s["block"] for s in http if s["directive"] == "server"]
+    tls = next(s for s in servers if any(d["directive"] == "ssl_certificate" for d in s))
+    grafana = next(d for d in tls if d["directive"] == "location" and d["args"] == ["^~", "/grafana/"])["block"]
+    directives = {d["directive"]: d["args"] for d in grafana}
+    assert directives["proxy_pass"] == ["$grafana"] and directives["set"] == ["$grafana", "http://grafana:3000"]
+    assert directives["resolver"][0] == "127.0.0.11"
+    plain_http = next(s for s in servers if any(d["directive"] == "return" and d["args"][0] == "301"
+                                                for loc in s if loc["directive"] == "location" for d in loc["block"]))
+    assert not any(d["directive"] == "location" and "/grafana/" in d["args"] for d in plain_http)
