@@ -305,3 +305,52 @@ def _run_the_rest(env: Environment, tools: dict[str, str], port: dict[str, int],
             stop_group(proc)
         for log in logs.values():
             log.close()
+
+
+RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
+
+
+def test_prometheus_scrapes_rabbitmqs_builtin_endpoint(tmp_path: Path) -> None:
+    """RabbitMQ's own Prometheus endpoint (rabbitmq_prometheus, which the official image enables), with
+    the program's rendered rabbitmq.conf, scraped by a real Prometheus on the rendered configuration."""
+    from render.datastores import rabbitmq_conf
+    from tests.conftest import server_group
+
+    prometheus = require_tool("prometheus")
+    if not (RABBIT_BIN / "rabbitmq-server").exists():
+        require_tool("rabbitmq-server")
+    env = load_environment(read_stack_file(ROOT / "Pulumi.prod.yaml"))
+    port = {k: free_port() for k in ("amqp", "metrics", "dist", "epmd", "prometheus", "closed")}
+    conf = tmp_path / "rabbitmq.conf"
+    # The rendered config with its ports moved; the plugin is enabled as the official image does
+    # (docker-library/rabbitmq Dockerfile: `rabbitmq-plugins enable --offline rabbitmq_prometheus`).
+    conf.write_text(rabbitmq_conf(env.rabbitmq, "s3cret-rabbit").replace("= 5672", f"= {port['amqp']}")
+                    + f"prometheus.tcp.port = {port['metrics']}\nprometheus.tcp.ip = 127.0.0.1\n")
+    (tmp_path / "plugins").write_text("[rabbitmq_prometheus].")
+    rabbit_env = {**os.environ, "PATH": f"{RABBIT_BIN}:{os.environ['PATH']}", "HOME": str(tmp_path),
+                  "RABBITMQ_NODENAME": f"mon{port['amqp']}@localhost", "RABBITMQ_DIST_PORT": str(port["dist"]),
+                  "RABBITMQ_MNESIA_BASE": str(tmp_path / "mnesia"), "RABBITMQ_LOG_BASE": str(tmp_path / "log"),
+                  "RABBITMQ_CONFIG_FILE": str(conf), "RABBITMQ_ENABLED_PLUGINS_FILE": str(tmp_path / "plugins"),
+                  "RABBITMQ_PID_FILE": str(tmp_path / "pid"), "ERL_CRASH_DUMP": str(tmp_path / "erl_crash.dump"),
+                  "ERL_EPMD_PORT": str(port["epmd"])}
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "alerts.yml").write_text(m.render_rules(env))
+    config = rewrite_prometheus(yaml.safe_load(m.render_prometheus(env)),
+                                {"prometheus": port["prometheus"], "rabbitmq": port["metrics"]}, port["closed"],
+                                port["closed"], str(rules / "*.yml"), port["closed"])
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    epmd = shutil.which("epmd") or "epmd"
+    with server_group([epmd, "-port", str(port["epmd"])], cwd=tmp_path), \
+            server_group(["rabbitmq-server"], env=rabbit_env, cwd=tmp_path), \
+            server_group([prometheus, *replace_args(m.prometheus_command(env), {
+                "--config.file": str(tmp_path / "prometheus.yml"), "--storage.tsdb.path": str(tmp_path / "prom-data"),
+                "--web.listen-address": f"127.0.0.1:{port['prometheus']}"})], cwd=tmp_path):
+        prom = port["prometheus"]
+        wait_for("RabbitMQ's metrics endpoint", lambda: "rabbitmq_" in get(f"http://127.0.0.1:{port['metrics']}/metrics"),
+                 90)
+        wait_for("up{job=rabbitmq} == 1", lambda: [float(r["value"][1]) for r in query(prom, 'up{job="rabbitmq"}')]
+                 == [1.0], 30)
+        names = {r["metric"]["__name__"] for r in query(prom, '{job="rabbitmq"}')}
+        missing = KNOWN_METRICS["rabbitmq"] - names
+        assert not missing, f"RabbitMQ does not expose {missing}"
