@@ -14,7 +14,7 @@ if [[ "${1:-}" == "--test-tools" ]]; then
   # runs the monitoring files (tests/test_monitoring.py, tests/test_monitoring_live.py).
   packages=(postgresql redis-server rabbitmq-server cloud-init docker.io debootstrap nftables iptables nginx-light openssl wrk
             prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter
-            prometheus-redis-exporter)
+            prometheus-redis-exporter prometheus-nginx-exporter)
   command -v node >/dev/null || packages+=(nodejs)
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -q

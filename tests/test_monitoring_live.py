@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -354,3 +355,51 @@ def test_prometheus_scrapes_rabbitmqs_builtin_endpoint(tmp_path: Path) -> None:
         names = {r["metric"]["__name__"] for r in query(prom, '{job="rabbitmq"}')}
         missing = KNOWN_METRICS["rabbitmq"] - names
         assert not missing, f"RabbitMQ does not expose {missing}"
+
+
+def test_prometheus_scrapes_the_gateways_stub_status_through_the_nginx_exporter(tmp_path: Path) -> None:
+    """The gateway's rendered stub_status server (render/nginx.py status_server) in real nginx, read by
+    the real nginx-prometheus-exporter with the rendered flags, scraped by Prometheus as the `gateway` job."""
+    import crossplane
+
+    from render.nginx import Layout, d, status_server
+    from tests.conftest import server_group
+
+    nginx, exporter, prometheus = (require_tool("nginx"), require_tool("prometheus-nginx-exporter"),
+                                   require_tool("prometheus"))
+    env = load_environment(read_stack_file(ROOT / "Pulumi.prod.yaml"))
+    port = {k: free_port() for k in ("status", "exporter", "prometheus", "closed")}
+    layout = Layout(listen_address="127.0.0.1", status_port=port["status"])
+    t = tmp_path
+    conf = [d("pid", f"{t}/nginx.pid"), d("error_log", f"{t}/error.log"), d("events", block=[]),
+            d("http", block=[d("client_body_temp_path", f"{t}/cb"), d("proxy_temp_path", f"{t}/px"),
+                             d("fastcgi_temp_path", f"{t}/fc"), d("uwsgi_temp_path", f"{t}/uw"),
+                             d("scgi_temp_path", f"{t}/sc"), status_server(layout)])]
+    (t / "nginx.conf").write_text(crossplane.build(conf) + "\n")
+    rules = t / "rules"
+    rules.mkdir()
+    (rules / "alerts.yml").write_text(m.render_rules(env))
+    config = rewrite_prometheus(yaml.safe_load(m.render_prometheus(env)),
+                                {"prometheus": port["prometheus"], "gateway": port["exporter"]}, port["closed"],
+                                port["closed"], str(rules / "*.yml"), port["closed"])
+    (t / "prometheus.yml").write_text(yaml.safe_dump(config))
+    exporter_args = replace_args(m.nginx_exporter_command("gateway"), {
+        "--nginx.scrape-uri": f"http://127.0.0.1:{port['status']}{m.GATEWAY_STATUS_PATH}",
+        "--web.listen-address": f"127.0.0.1:{port['exporter']}"})
+    with server_group([nginx, "-p", f"{t}/", "-c", f"{t}/nginx.conf", "-g", "daemon off;"], cwd=t), \
+            server_group([exporter, *exporter_args], cwd=t), \
+            server_group([prometheus, *replace_args(m.prometheus_command(env), {
+                "--config.file": str(t / "prometheus.yml"), "--storage.tsdb.path": str(t / "prom-data"),
+                "--web.listen-address": f"127.0.0.1:{port['prometheus']}"})], cwd=t):
+        wait_for("stub_status", lambda: "Active connections" in get(
+            f"http://127.0.0.1:{port['status']}{m.GATEWAY_STATUS_PATH}"), 10)
+        # Anything else on the status port is a 404: it serves the counters and nothing more.
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            get(f"http://127.0.0.1:{port['status']}/")
+        assert refused.value.code == 404
+        prom = port["prometheus"]
+        wait_for("up{job=gateway} == 1", lambda: [float(r["value"][1]) for r in query(prom, 'up{job="gateway"}')]
+                 == [1.0], 30)
+        names = {r["metric"]["__name__"] for r in query(prom, '{job="gateway"}')}
+        missing = KNOWN_METRICS["gateway"] - names
+        assert not missing, f"the nginx exporter does not expose {missing}"
