@@ -541,6 +541,8 @@ def node_exporter_command() -> list[str]:
 
 
 def cadvisor_command() -> list[str]:
+    # Flags of google/cadvisor (at 6a0c4f25): cmd/cadvisor.go store_container_labels and enable_metrics,
+    # lib/container/factory.go `OOMMetrics MetricKind = "oom_event"`, lib/container/raw/factory.go docker_only.
     return [f"--port={CADVISOR_PORT}", "--housekeeping_interval=15s", "--store_container_labels=false",
             # Only what the dashboards and alerts read: cheaper, and no collector that needs root.
             "--enable_metrics=cpu,memory,network,oom_event", "--docker_only=false"]

@@ -161,7 +161,7 @@ KNOWN_METRICS: dict[str, set[str]] = {
     # prometheus/node_exporter collector/{cpu,meminfo,filesystem,loadavg}_linux.go.
     "node": {"node_cpu_seconds_total", "node_memory_MemAvailable_bytes", "node_memory_MemTotal_bytes",
              "node_filesystem_avail_bytes", "node_load1", "node_load5"},
-    # google/cadvisor metrics/prometheus.go (cpu, memory and spec metrics).
+    # google/cadvisor docs/storage/prometheus.md (at 6a0c4f25): cpu, memory and spec metrics.
     "cadvisor": {"container_cpu_usage_seconds_total", "container_memory_working_set_bytes",
                  "container_spec_memory_limit_bytes", "container_start_time_seconds"},
     # prometheus-community/postgres_exporter collector/pg_database.go, pg_stat_database.go, pg_stat_activity
@@ -178,7 +178,7 @@ KNOWN_METRICS: dict[str, set[str]] = {
                  "rabbitmq_connections", "rabbitmq_channels", "rabbitmq_process_resident_memory_bytes"},
     # nginx/nginx-prometheus-exporter collector/nginx.go (stub_status).
     "gateway": {"nginx_http_requests_total", "nginx_connections_active", "nginx_connections_waiting"},
-    # moby/moby daemon/metrics.go (engine_daemon_container_states_containers).
+    # moby/moby v20.10.24 daemon/metrics.go: namespace engine_daemon, "container_states", unit "containers".
     "docker": {"engine_daemon_container_states_containers"},
     # The product services and the backup jobs: render/contracts.py.
     "contracts": {f"{SERVICE_REQUEST_DURATION}_count", f"{SERVICE_REQUEST_DURATION}_bucket", BACKUP_LAST_SUCCESS,
