@@ -333,3 +333,19 @@ def test_the_gateway_serves_grafana_under_its_sub_path_only() -> None:
     plain_http = next(s for s in servers if any(d["directive"] == "return" and d["args"][0] == "301"
                                                 for loc in s if loc["directive"] == "location" for d in loc["block"]))
     assert not any(d["directive"] == "location" and "/grafana/" in d["args"] for d in plain_http)
+
+
+@pytest.mark.parametrize("stack", STACKS)
+def test_synth_shows_every_monitoring_file(stack: str) -> None:
+    """The reviewed output (tests/snapshots, refreshed by `ops synth`) holds each file where the host
+    keeps it, with the rendered content; alertmanager.yml holds the receivers' URLs, so it is secret."""
+    files = ROOT / "tests" / "snapshots" / stack / "files" / "var" / "lib" / "docker" / "volumes"
+    prom = files / f"mysaaschat-{stack}-prometheus-config" / "_data"
+    env = environment(stack)
+    assert yaml.safe_load((prom / "prometheus.yml").read_text()) == yaml.safe_load(m.render_prometheus(env))
+    assert yaml.safe_load((prom / "rules" / "alerts.yml").read_text()) == yaml.safe_load(m.render_rules(env))
+    grafana = files / f"mysaaschat-{stack}-grafana-config" / "_data"
+    assert (grafana / "provisioning" / "datasources" / "prometheus.yml").read_text() == m.render_datasource()
+    assert {p.name for p in (grafana / "dashboards").iterdir()} == {f"{uid}.json" for uid in m.dashboards(env)}
+    assert (grafana / "admin_password").read_text() == "[secret]"
+    assert (files / f"mysaaschat-{stack}-alertmanager-config" / "_data" / "alertmanager.yml").read_text() == "[secret]"
