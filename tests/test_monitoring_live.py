@@ -403,3 +403,116 @@ def test_prometheus_scrapes_the_gateways_stub_status_through_the_nginx_exporter(
         names = {r["metric"]["__name__"] for r in query(prom, '{job="gateway"}')}
         missing = KNOWN_METRICS["gateway"] - names
         assert not missing, f"the nginx exporter does not expose {missing}"
+
+
+def test_the_gateway_serves_grafana_under_its_sub_path_resolved_at_request_time(tmp_path: Path) -> None:
+    """The rendered nginx.conf in real nginx: /grafana/ reaches the container named `grafana` through
+    the DNS resolver (Docker's 127.0.0.11 there, a dnslib server here: the resolver address is the only
+    rewrite) with the sub path kept, as serve_from_sub_path expects; and with Grafana gone, the gateway
+    still serves everything else."""
+    import crossplane
+    from dnslib import QTYPE, RR, A
+    from dnslib.server import BaseResolver, DNSLogger, DNSServer
+
+    from render.nginx import Layout, render_nginx
+    from tests.conftest import server_group
+
+    nginx, openssl = require_tool("nginx"), require_tool("openssl")
+    require_tool("unshare")
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("needs root (a private mount namespace for /etc/hosts)")
+        pytest.skip("needs root (a private mount namespace for /etc/hosts)")
+    env = load_environment(read_stack_file(ROOT / "Pulumi.prod.yaml"))
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 200
+    grafana_ip = f"127.5.{worker}.20"
+    base = Path(tempfile.mkdtemp(prefix="mon-gw-"))
+    base.chmod(0o755)
+    seen: list[str] = []
+
+    class Grafana(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            seen.append(self.path)
+            self.send_response(200)
+            self.send_header("Content-Length", "7")
+            self.end_headers()
+            self.wfile.write(b"grafana")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    class Docker127011(BaseResolver):  # type: ignore[misc]
+        def resolve(self, request: Any, handler: Any) -> Any:
+            reply = request.reply()
+            if str(request.q.qname).rstrip(".") == m.grafana_alias() and request.q.qtype == QTYPE.A:
+                reply.add_answer(RR(request.q.qname, QTYPE.A, rdata=A(grafana_ip), ttl=1))
+            return reply
+
+    dns_port = free_port()
+    dns = DNSServer(Docker127011(), port=dns_port, address="127.0.0.1",
+                    logger=DNSLogger(log="-request,-reply,-truncated,-error,-recv,-send,-data"))
+    grafana = ThreadingHTTPServer((grafana_ip, m.GRAFANA_PORT), Grafana)
+    try:
+        dns.start_thread()
+        threading.Thread(target=grafana.serve_forever, daemon=True).start()
+        layout = Layout(conf_dir=str(base), temp_dir=str(base / "tmp"), http_port=free_port(), https_port=free_port(),
+                        status_port=free_port(), listen_address="127.0.0.1", access_log=str(base / "access.log"),
+                        error_log=str(base / "error.log"))
+        (base / "tmp").mkdir()
+        (base / "tls").mkdir()
+        subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                        "-subj", f"/CN={env.domain}", "-days", "1", "-keyout", layout.key, "-out", layout.cert],
+                       check=True, capture_output=True)
+        names = {n: f"{n}-c0ffee" for n, s in env.services.items() if s.routes}
+        # nginx resolves the upstream servers when it loads: a private /etc/hosts names them (nothing answers).
+        (base / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"127.0.0.1 {c}\n" for c in names.values()))
+        (base / "rendered.conf").write_text(render_nginx(env, names, layout))
+        parsed = crossplane.parse(str(base / "rendered.conf"), single=True, check_ctx=False, check_args=False)
+        tree = parsed["config"][0]["parsed"]
+        resolvers = []
+
+        def walk(nodes: list[dict[str, Any]]) -> None:
+            for node in nodes:
+                if node["directive"] == "resolver":
+                    node["args"][0] = f"127.0.0.1:{dns_port}"
+                    resolvers.append(node)
+                walk(node.get("block", []))
+
+        walk(tree)
+        assert len(resolvers) == 1
+        (base / "nginx.conf").write_text(crossplane.build(tree) + "\n")
+        command = (f"mount --bind {base}/hosts /etc/hosts && exec {nginx} -p {base}/ -c {base}/nginx.conf "
+                   "-g 'daemon off;'")
+        with server_group(["unshare", "--mount", "sh", "-c", command], cwd=base):
+            import http.client
+            import ssl
+
+            context = ssl.create_default_context(cafile=layout.cert)
+            context.check_hostname = False
+
+            def request(path: str) -> tuple[int, dict[str, str], bytes]:
+                conn = http.client.HTTPSConnection("127.0.0.1", layout.https_port, context=context, timeout=5)
+                try:
+                    conn.request("GET", path, headers={"Host": env.domain})
+                    answer = conn.getresponse()
+                    return answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read()
+                finally:
+                    conn.close()
+
+            wait_for("nginx", lambda: request("/healthz")[0] == 200, 10)
+            status, headers, body = request("/grafana/api/health?x=1")
+            assert (status, body) == (200, b"grafana") and seen == ["/grafana/api/health?x=1"]
+            assert headers["strict-transport-security"].startswith("max-age=")
+            status, headers, _ = request("/grafana")
+            assert status == 301 and headers["location"].endswith("/grafana/")
+            # Grafana gone: its path fails fast, the gateway keeps serving.
+            grafana.shutdown()
+            grafana.server_close()
+            started = time.monotonic()
+            assert request("/grafana/login")[0] == 502
+            assert time.monotonic() - started < 2
+            assert request("/healthz")[0] == 200
+    finally:
+        dns.stop()
+        grafana.server_close()
+        shutil.rmtree(base, ignore_errors=True)
