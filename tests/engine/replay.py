@@ -36,6 +36,7 @@ MiB = 1024 * 1024
 CONTAINER = "docker:index/container:Container"
 NETWORK = "docker:index/network:Network"
 GATEWAY = "my-saas-chat:gateway:Gateway"
+MONITORING = "my-saas-chat:monitoring:Monitoring"
 VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/remoteImage:RemoteImage"
 STORES = ("postgres", "redis", "rabbitmq")
@@ -97,7 +98,9 @@ class Replay:
         docker_types = (NETWORK, VOLUME, CONTAINER)
         # Not yet replayed: the gateway (its config volume, seed and container), which needs an
         # nginx stand-in image; its config is proven by real nginx in tests/test_gateway_live.py.
-        gateway = {r.urn for r in self.recording.resources.values() if r.type == GATEWAY}
+        # Nor monitoring (no stand-ins for its images; its files are proven by the real tools in
+        # tests/test_monitoring*.py).
+        gateway = {r.urn for r in self.recording.resources.values() if r.type in (GATEWAY, MONITORING)}
         regs = {r.urn: r for r in self.recording.resources.values()
                 if r.type in docker_types and r.parent not in gateway}
         done: list[Registration] = []
