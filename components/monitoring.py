@@ -10,12 +10,13 @@ label of the container that reads them, so a changed rule, receiver or dashboard
 Grafana and the exporters start-first; Prometheus and Alertmanager, which keep data in a volume,
 stop-first (a gap of seconds in scraping, never two writers on one TSDB).
 
-Networks: `monitoring` (internal) joins every part; Prometheus also joins `apps` (services, the
-gateway's exporter is on `monitoring`), `data` (RabbitMQ's built-in endpoint) and `host-route`, a
-bridge without masquerading whose only use is a route to the host's dockerd metrics (a container
-on an internal network has no route off its subnet, and without masquerading nothing reaches the
-internet through it). Alertmanager joins `egress` (its receivers are on the internet); the Postgres
-and Redis exporters join `data`; the nginx exporter and Grafana join `apps` (the gateway).
+Networks: `monitoring` (internal) joins every part; Prometheus also joins `apps` (services; the
+gateway's exporter is on `monitoring`) and `data` (RabbitMQ's built-in endpoint). dockerd's metrics
+listen on the default bridge's address, and a container on an internal network still reaches the
+host's own addresses (Docker's isolation rules filter forwarded traffic only): Prometheus reaches them
+as `host.docker.internal` (`host-gateway`), shown on the engine by tests/engine/test_monitoring_engine.py.
+Alertmanager joins `egress` (its receivers are on the internet); the Postgres and Redis exporters join
+`data`; the nginx exporter and Grafana join `apps` (the gateway).
 """
 
 from __future__ import annotations
@@ -71,8 +72,6 @@ class Monitoring(pulumi.ComponentResource):
         self._docker_opts = args.host.docker_opts(self)
         stack = env.stack
         self.network = self._network("monitoring", internal=True)
-        host_route = self._network("host-route", internal=False,
-                                   options={"com.docker.network.bridge.enable_ip_masquerade": "false"})
         nets = args.networks
         urls = {rc.name: args.secrets.value(rc.url) for rc in mon.receivers if rc.url}
         alertmanager_yml: pulumi.Output[str] = pulumi.Output.secret(  # type: ignore[arg-type]
@@ -85,7 +84,7 @@ class Monitoring(pulumi.ComponentResource):
         self.containers["prometheus"] = self._container(
             "prometheus", mon.prometheus, r.PROMETHEUS_DIR, files["prometheus"],
             healthcheck=wget(r.PROMETHEUS_PORT, "/-/ready"), command=r.prometheus_command(env),
-            networks=[self.network.name, nets.apps.name, nets.data.name, host_route.name],
+            networks=[self.network.name, nets.apps.name, nets.data.name],
             data_path="/prometheus", extra_hosts={r.DOCKER_HOST_ALIAS: "host-gateway"},
             labels={"com.mysaaschat.scrapes": ",".join(scrapes)})
         self.containers["alertmanager"] = self._container(
@@ -126,10 +125,10 @@ class Monitoring(pulumi.ComponentResource):
         self.register_outputs({"containers": {k: c.name for k, c in self.containers.items()},
                                "monitoring_network": self.network.name, "stack": stack})
 
-    def _network(self, role: str, internal: bool, options: dict[str, str] | None = None) -> docker.Network:
+    def _network(self, role: str, internal: bool) -> docker.Network:
         stack = self._env.stack
         return docker.Network(
-            f"net-{role}", name=f"mysaaschat-{stack}-{role}", driver="bridge", internal=internal, options=options,
+            f"net-{role}", name=f"mysaaschat-{stack}-{role}", driver="bridge", internal=internal,
             labels=[docker.NetworkLabelArgs(label="com.mysaaschat.stack", value=stack)],
             opts=pulumi.ResourceOptions.merge(self._docker_opts, pulumi.ResourceOptions(delete_before_replace=True)))
 
