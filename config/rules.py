@@ -20,6 +20,8 @@ RESERVED_PREFIXES = ("/healthz", "/.well-known", "/grafana")
 if TYPE_CHECKING:
     from config.model import Environment, SecretRef
 
+MANAGED_SECRETS_NAMES = ("backup", "grafana", "stores")  # config.model.MANAGED_SECRETS (imported there at runtime)
+
 STORE_URL_VARS = {"postgres": "DATABASE_URL", "redis": "REDIS_URL", "rabbitmq": "RABBITMQ_URL"}
 ALWAYS_DERIVED = ("PORT", "SERVICE_NAME", "SENTRY_ENVIRONMENT", "FRONTEND_URL", "NEXT_PUBLIC_API_URL")
 DERIVED_NAMES = frozenset((*ALWAYS_DERIVED, *STORE_URL_VARS.values()))
@@ -87,6 +89,8 @@ def _host_problems(env: Environment, aws_region: str | None) -> Iterator[tuple[s
     for key in EC2_REQUIRED:
         if not getattr(host, key):
             yield f"host.{key}", "is required for host.kind ec2"
+    if host.backup_bucket and aws_region and env.backup_storage.replica_region == aws_region:
+        yield "backup_storage.replica_region", f"is the stack's own region ({aws_region}); a replica must survive its loss"
     if aws_region is None:
         yield "aws:region", "is required for host.kind ec2 (aws:region: eu-west-1): the zone, ARNs and synth depend on it"
     elif aws_region and host.availability_zone and not (
@@ -154,6 +158,8 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
         yield "postgres.shared_buffers", "postgres.memory", "postgres.shared_buffers must be smaller than postgres.memory"
     if env.redis.maxmemory >= env.redis.memory:
         yield "redis.maxmemory", "redis.memory", "redis.maxmemory must leave headroom below redis.memory (the container limit)"
+    if "backup_storage" in env.model_fields_set and not env.host.backup_bucket:
+        yield "backup_storage", "applies only with host.backup_bucket (an ec2 host's backup bucket); remove it"
     if env.host.kind == "ec2" and env.secrets_backend == "generated":
         yield "secrets_backend", "generated secrets are for host.kind local only; use aws-secretsmanager"
 
@@ -215,11 +221,21 @@ def _secret_problems(env: Environment) -> Iterator[tuple[str, ...]]:
             used.setdefault(ref.secret, []).append(f"services.{name}.secrets.{var}")
     for i, registry in enumerate(env.registries):
         used.setdefault(registry.secret, []).append(f"registries.{i}.secret")
+    managed = env.managed_secrets()
+    for i, logical in enumerate(env.generated_secrets):
+        refs = used.get(logical, [])
+        if not refs:
+            yield f"generated_secrets.{i}", f"{logical!r} is not referenced by any service; remove it"
+        elif any(not r.startswith("services.") for r in refs):
+            yield f"generated_secrets.{i}", (f"{logical!r} is referenced by {', '.join(sorted(refs))}: a certificate or "
+                                             "registry credentials cannot be generated")
+        elif logical in MANAGED_SECRETS_NAMES:
+            yield f"generated_secrets.{i}", f"{logical!r} is always generated; remove it"
     if env.secrets_backend == "aws-secretsmanager":
         for logical, refs in sorted(used.items()):
-            if logical not in env.secrets:
+            if logical not in env.secrets and logical not in managed:
                 yield f"secrets.{logical}", f"no Secrets Manager id for {logical!r}, referenced by {', '.join(sorted(refs))}"
-    for logical in sorted(set(env.secrets) - set(used)):
+    for logical in sorted(set(env.secrets) - set(used) - set(managed)):
         yield f"secrets.{logical}", "is not referenced by any service; remove it"
 
 
