@@ -262,3 +262,43 @@ def secrets_rotate(name: Annotated[str, typer.Argument(help="Managed logical sec
     typer.echo(f"the next `up` replaces: {', '.join(done.replaced) or 'nothing'}")
     for warning in done.warnings:
         typer.echo(f"warning: {warning}")
+
+
+env_app = typer.Typer(no_args_is_help=True, help="From .env files to the model (ops/env.py).")
+app.add_typer(env_app, name="env")
+TreeArg = Annotated[Path, typer.Argument(help="Directory to scan for .env* files (node_modules and .git skipped).")]
+
+
+@env_app.command("audit")
+def env_audit(path: TreeArg) -> None:
+    """Every key: where it is defined, whether the values agree, which look secret (masked); exit 1 on a conflict."""
+    from ops import env as envs
+
+    try:
+        lines, conflict = envs.audit(path)
+    except envs.EnvError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    typer.echo("\n".join(lines))
+    if conflict:
+        raise typer.Exit(1)
+
+
+@env_app.command("migrate")
+def env_migrate(
+    path: TreeArg, stack: StackOpt,
+    write: Annotated[bool, typer.Option("--write", help="Store the secrets and write the stack file (else a dry run).")] = False,
+    variant: Annotated[str, typer.Option("--variant", help="Which files: '' for .env, 'production' for .env.production.")] = "",
+    stack_dir: Annotated[Optional[Path], typer.Option("--stack-dir", help="Where Pulumi.<stack>.yaml is.")] = None,
+) -> None:
+    """Shared settings and per-service overrides into the stack file, secret values into Secrets Manager."""
+    from ops import env as envs
+    from ops import runner
+
+    stack_path = (stack_dir or runner.ROOT_DIR) / f"Pulumi.{stack}.yaml"
+    try:
+        for line in envs.migrate(path, stack, stack_path, write=write, variant=variant):
+            typer.echo(line)
+    except envs.EnvError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
