@@ -160,3 +160,31 @@ def test_local_needs_no_aws() -> None:
     rec = recording("local")
     assert not [r for r in rec.resources.values() if r.type.startswith("aws:")]
     assert not [i for i in rec.invokes if i.token.startswith("aws:")]
+
+
+def test_a_rotated_version_reaches_the_store_and_its_users_at_the_next_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """What Secrets Manager answers at `up` is what the containers get: a version written by
+    `ops secrets rotate` (here: the mocked read answers a rotated document) replaces the store
+    and every service whose URL carries the password, and nothing else."""
+    from ops.mocks import StrictMocks
+    from ops.runner import run_stack
+    from ops.strict import secret
+    from tests.test_promises import container, password
+
+    before = recording("prod")
+    original = StrictMocks.call
+
+    def rotated(self: StrictMocks, args: Any) -> dict[str, Any]:
+        answer = original(self, args)
+        if args.token.endswith(":getSecretVersion") and "prod/my-saas-chat/stores" in str(args.args["secretId"]):
+            doc = json.loads(answer["secretString"]["value"])
+            answer["secretString"] = secret(json.dumps({**doc, "redis_password": "RotatedRedisPassword0123456789"}))
+        return answer
+
+    monkeypatch.setattr(StrictMocks, "call", rotated)
+    after = run_stack("prod")
+    assert password(after, "redis") == "RotatedRedisPassword0123456789"
+    assert password(after, "postgres") == password(before, "postgres")
+    changed = sorted(name for name in ["postgres", "redis", "rabbitmq", *before.env.services]
+                     if container(before, name).inputs != container(after, name).inputs)
+    assert changed == before.env.consumers("stores", "redis_password")
