@@ -90,7 +90,7 @@ def test_local_has_no_bucket() -> None:
 
 
 def test_the_model_refuses_a_lock_longer_than_the_retention() -> None:
-    with pytest.raises(ValueError, match="lock_days .* exceeds retention_days"):
+    with pytest.raises(ValueError, match=r"lock_days .* exceeds retention_days"):
         BackupStorage.model_validate({"retention_days": 7, "lock_days": 30})
 
 
