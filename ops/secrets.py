@@ -21,7 +21,9 @@ ALPHABET = string.ascii_letters + string.digits
 # Stores that keep the password in their data directory: the new container's password file alone
 # does not change the password the store checks (the images apply it at first initialisation only).
 PASSWORD_IN_DATA = {"postgres_password": "postgres (ALTER ROLE ... PASSWORD in psql first)",
-                    "rabbitmq_password": "rabbitmq (rabbitmqctl change_password first)"}
+                    "rabbitmq_password": "rabbitmq (rabbitmqctl change_password first)",
+                    # Grafana applies GF_SECURITY_ADMIN_PASSWORD when it creates its database only.
+                    "admin_password": "grafana (grafana cli admin reset-admin-password first)"}
 
 
 class SecretsError(Exception):
@@ -141,7 +143,8 @@ def rotate(env: Environment, name: str, region: str | None, *, key: str | None =
     except Exception as error:
         raise SecretsError(f"cannot write {secret_id}: {_error_code(error)}") from None
     replaced = sorted({c for k in keys for c in env.consumers(name, k)})
-    warnings = [f"{PASSWORD_IN_DATA[k]}: the store keeps its password in its data" for k in keys if k in PASSWORD_IN_DATA]
+    warnings = [f"{PASSWORD_IN_DATA[k]}: it keeps the password in its data, a new file alone does not change it"
+                for k in keys if k in PASSWORD_IN_DATA]
     return Rotation(secret_id, keys, str(answer.get("VersionId", "")), replaced, warnings)
 
 
