@@ -35,7 +35,7 @@ from components.network import Networks
 from components.secrets import SecretStore
 from config import Environment
 from config.host_access import HOST_ACCESS
-from config.model import MonitoringContainer
+from config.model import MonitoringContainer, SecretRef
 from render import monitoring as r
 
 NOBODY = "65534:65534"
@@ -91,7 +91,9 @@ class Monitoring(pulumi.ComponentResource):
             "alertmanager", mon.alertmanager, r.ALERTMANAGER_DIR, {"alertmanager.yml": alertmanager_yml},
             healthcheck=wget(r.ALERTMANAGER_PORT, "/-/ready"), command=r.alertmanager_command(),
             networks=[self.network.name, nets.egress.name], data_path="/alertmanager")
-        password = args.secrets.value(mon.grafana_admin_password)
+        # Managed by the program (config.model MANAGED_SECRETS: generated, kept in Secrets Manager, rotated
+        # with `python -m ops secrets rotate grafana`).
+        password = args.secrets.value(SecretRef(secret="grafana", key="admin_password"))
         self.containers["grafana"] = self._container(
             "grafana", mon.grafana, r.GRAFANA_DIR, {**files["grafana"], "admin_password": password},
             healthcheck=wget(r.GRAFANA_PORT, f"{r.GRAFANA_SUB_PATH}/api/health"),

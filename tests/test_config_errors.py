@@ -173,7 +173,7 @@ CASES: list[tuple[str, Mut, str, str]] = [
     ("retention-duration", stack_in("monitoring.retention", "30 days"), f"{S}: monitoring.retention",
      "not a Prometheus duration"),
     ("monitoring-secret-unmapped", drop_in("secrets.monitoring"), f"{S}: secrets.monitoring",
-     "monitoring.grafana_admin_password"),
+     "monitoring.receivers.0.url"),
 ]
 
 
