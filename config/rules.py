@@ -215,6 +215,8 @@ def _secret_problems(env: Environment) -> Iterator[tuple[str, ...]]:
             used.setdefault(ref.secret, []).append(f"services.{name}.secrets.{var}")
     for i, registry in enumerate(env.registries):
         used.setdefault(registry.secret, []).append(f"registries.{i}.secret")
+    if env.host.backup_bucket:
+        used.setdefault(env.postgres.backup.passphrase.secret, []).append("postgres.backup.passphrase")
     if env.secrets_backend == "aws-secretsmanager":
         for logical, refs in sorted(used.items()):
             if logical not in env.secrets:
