@@ -19,7 +19,7 @@ secrets = SecretStore("secrets", SecretStoreArgs(env=env))
 host = Host("host", HostArgs(env=env, secrets=secrets))
 networks = Networks("net", NetworksArgs(env=env, host=host))
 stores = {
-    kind: DataStore(kind, DataStoreArgs(env=env, host=host, network=networks.data.name))
+    kind: DataStore(kind, DataStoreArgs(env=env, host=host, network=networks.data.name, secrets=secrets))
     for kind in ("postgres", "redis", "rabbitmq")
 }
 

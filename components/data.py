@@ -20,8 +20,10 @@ import pulumi
 import pulumi_docker as docker
 import pulumi_random as random
 
+from components import backup
 from components.container import ContainerSpec, Mount, Upload, hardened_container, volume_seed
 from components.host import Host
+from components.secrets import SecretStore
 from config import Environment
 from render import datastores as r
 
@@ -109,6 +111,8 @@ class DataStoreArgs:
     env: Environment
     host: Host
     network: pulumi.Input[str]
+    # Reads the backup passphrase (postgres.backup.passphrase) when backups are on.
+    secrets: SecretStore | None = None
 
 
 class DataStore(pulumi.ComponentResource):
@@ -123,17 +127,46 @@ class DataStore(pulumi.ComponentResource):
         # Generated until the secrets issue moves passwords into Secrets Manager; never on a command line.
         self.password = random.RandomPassword(f"{kind}-password", length=32, special=False,
                                               opts=pulumi.ResourceOptions(parent=self)).result
-        image = docker.RemoteImage(f"{kind}-image", name=recipe.image, keep_locally=True, opts=docker_opts)
+        backups = kind == "postgres" and backup.enabled(env)
+        if backups:  # the official image plus pgBackRest (components/backup.py says why)
+            image = backup.store_image(env, docker_opts)
+        else:
+            image = docker.RemoteImage(f"{kind}-image", name=recipe.image, keep_locally=True, opts=docker_opts)
         data = docker.Volume(f"{kind}-data", name=f"mysaaschat-{env.stack}-{kind}-data",
                              labels=[docker.VolumeLabelArgs(label="com.mysaaschat.stack", value=env.stack)],
                              opts=pulumi.ResourceOptions.merge(pulumi.ResourceOptions.merge(docker_opts, keep), FIXED_NAME))
         secrets = docker.Volume(f"{kind}-secrets", name=f"mysaaschat-{env.stack}-{kind}-secrets",
                                 opts=pulumi.ResourceOptions.merge(docker_opts, FIXED_NAME))
         files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(self.password.apply(recipe.files))  # type: ignore[arg-type]
+        names = sorted(recipe.files(""))
+        mounts = [Mount(data.name, recipe.data_path), Mount(secrets.name, r.SECRETS_DIR, read_only=True)]
+        networks, tmpfs, command = [args.network], recipe.tmpfs, recipe.command
+        if backups:
+            if args.secrets is None:
+                raise ValueError("postgres backups need the secret store (the repository passphrase)")
+            passphrase = args.secrets.value(env.postgres.backup.passphrase)
+            files = pulumi.Output.secret(pulumi.Output.all(files, self.password, passphrase).apply(
+                lambda a: {**a[0], **backup.files(env, a[1], a[2])}))
+            names = sorted({*names, *backup.file_names()})
+            # The socket directory is shared with the scheduler (pgBackRest reaches Postgres only by
+            # socket); the egress-only backup network reaches S3 (archive_command runs here).
+            # Protected like every volume a store writes (policy protect-stateful-volumes); it holds
+            # only the socket and its lock file, so keeping it costs nothing.
+            socket_volume = docker.Volume(
+                f"{kind}-run", name=f"mysaaschat-{env.stack}-{kind}-run",
+                opts=pulumi.ResourceOptions.merge(pulumi.ResourceOptions.merge(docker_opts, keep), FIXED_NAME))
+            backup_network = docker.Network(
+                f"{kind}-backup-net", name=f"mysaaschat-{env.stack}-backup", driver="bridge", internal=False,
+                opts=pulumi.ResourceOptions.merge(docker_opts, FIXED_NAME))
+            tmpfs = tuple(t for t in tmpfs if t != backup.SOCKET_DIR)
+            mounts += [Mount(socket_volume.name, backup.SOCKET_DIR),
+                       Mount(None, "/run/pgbackrest-credentials", read_only=True, host_path=backup.CREDENTIALS_HOST_DIR)]
+            networks = [args.network, backup_network.name]
+            command = [*(command or []), *backup.postgres_args(env)]
         uploads: Sequence[Upload] = [
             Upload(path=path, owner=recipe.user, content=pulumi.Output.secret(files.apply(operator.itemgetter(path))))
             # The file names do not depend on the password; the list must exist before it resolves.
-            for path in sorted(recipe.files(""))
+            for path in names
         ]
         seed = volume_seed(f"{kind}-files", image=image, volume=secrets.name, mount=r.SECRETS_DIR, uploads=uploads,
                            stack=env.stack, opts=docker_opts)
@@ -141,11 +174,11 @@ class DataStore(pulumi.ComponentResource):
             kind,
             ContainerSpec(
                 service=kind, image=image, user=recipe.user, cpus=recipe.cpus, memory_bytes=recipe.memory,
-                healthcheck=recipe.healthcheck, health=STORE_HEALTH, networks=[args.network],
-                envs=[f"{k}={v}" for k, v in sorted(recipe.envs.items())], command=recipe.command,
-                tmpfs=recipe.tmpfs, lifecycle="stateful", hostname=kind, shm_size_bytes=recipe.shm_size,
+                healthcheck=recipe.healthcheck, health=STORE_HEALTH, networks=networks,
+                envs=[f"{k}={v}" for k, v in sorted(recipe.envs.items())], command=command,
+                tmpfs=tmpfs, lifecycle="stateful", hostname=kind, shm_size_bytes=recipe.shm_size,
                 fixed_name=f"mysaaschat-{env.stack}-{kind}", stop_grace_seconds=60, deploy_timeout_seconds=300,
-                mounts=[Mount(data.name, recipe.data_path), Mount(secrets.name, r.SECRETS_DIR, read_only=True)],
+                mounts=mounts,
                 # Labels force replacement: a changed password or config restarts the store on the
                 # new files (a running Redis or RabbitMQ never rereads them).
                 labels={"com.mysaaschat.files-sha256": files.apply(_digest)},
@@ -153,6 +186,11 @@ class DataStore(pulumi.ComponentResource):
             env.stack,
             pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(depends_on=[seed])),
         )
+        if backups:
+            self.backup = backup.PostgresBackup("postgres-backup", backup.PostgresBackupArgs(
+                env=env, image=image, data_volume=data.name, secrets_volume=secrets.name,
+                socket_volume=socket_volume.name, network=backup_network.name, store=self.container,
+                docker_opts=docker_opts), pulumi.ResourceOptions(parent=self))
         self.register_outputs({"container": self.container.name})
 
     def url_for(self, service: str) -> pulumi.Output[str]:

@@ -354,7 +354,8 @@ class PostgresBackup(Strict):
 
 
 class Postgres(DataStoreBase):
-    backup: PostgresBackup = Field(default_factory=lambda: PostgresBackup.model_validate({}), description="Continuous backups (pgBackRest).")
+    backup: PostgresBackup = Field(default_factory=lambda: PostgresBackup.model_validate({}),
+                                   description="Continuous backups (pgBackRest).")
     database: str = Field(pattern=_IDENT)
     user: str = Field(pattern=_IDENT)
     shared_buffers: MiBSize = Field(description="Must stay below `memory`.")

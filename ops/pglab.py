@@ -298,3 +298,28 @@ def peak_rss_children_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+
+
+_RUSAGE = ("import resource, subprocess, sys; rc = subprocess.call(sys.argv[1:]); "
+           "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); sys.exit(rc)")
+
+
+def measured(argv: Sequence[str], *, timeout: float = 24 * 3600, env: Mapping[str, str] | None = None,
+             shell_out: Path | None = None) -> tuple[float, float]:
+    """Run `argv`, return (wall seconds, peak RSS in MB of it and every descendant it waited for).
+
+    A small Python parent runs the command and reads its own RUSAGE_CHILDREN: the kernel keeps the
+    largest resident set of any waited-for descendant (runuser -> pgbackrest -> its workers)."""
+    started = time.monotonic()
+    stdout = open(shell_out, "wb") if shell_out else subprocess.DEVNULL  # noqa: SIM115
+    try:
+        result = subprocess.run([sys.executable, "-c", _RUSAGE, *argv], stdout=stdout, stderr=subprocess.PIPE,
+                                timeout=timeout, env={**os.environ, **(env or {})})
+    finally:
+        if shell_out:
+            stdout.close()  # type: ignore[union-attr]
+    seconds = time.monotonic() - started
+    lines = result.stderr.decode(errors="replace").strip().splitlines()
+    if result.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:6])} ... failed ({result.returncode}): {' '.join(lines[-5:])[-1500:]}")
+    return seconds, int(lines[-1]) / 1024

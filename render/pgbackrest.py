@@ -243,3 +243,62 @@ def image_build_args(base_image: str, backup: PostgresBackup) -> dict[str, str]:
 def image_name(base_tag: str, backup: PostgresBackup) -> str:
     """The local name of the built store image: a release-looking tag that changes with its inputs."""
     return f"mysaaschat/postgres-pgbackrest:{base_tag}-pgbackrest{backup.pgbackrest_version}"
+
+
+CREDENTIALS_REFRESHER = '''#!/usr/bin/python3
+"""Writes the instance role's temporary S3 credentials where the Postgres containers read them.
+
+Containers cannot reach the metadata service (IMDSv2, hop limit 1); pgBackRest includes this file
+in every call (--config-include-path). Atomic: a temporary file in the same directory, renamed.
+"""
+import json, os, tempfile, urllib.request
+
+IMDS = "http://169.254.169.254/latest"
+DIR, UID, GID = {directory!r}, 0, {gid}
+TEXTFILE = {textfile!r}
+
+
+def get(path, token):
+    request = urllib.request.Request(IMDS + path, headers={{"X-aws-ec2-metadata-token": token}})
+    return urllib.request.urlopen(request, timeout=5).read().decode()
+
+
+token = urllib.request.urlopen(urllib.request.Request(
+    IMDS + "/api/token", method="PUT", headers={{"X-aws-ec2-metadata-token-ttl-seconds": "300"}}), timeout=5).read().decode()
+role = get("/meta-data/iam/security-credentials/", token).split()[0]
+creds = json.loads(get("/meta-data/iam/security-credentials/" + role, token))
+text = "[global]\\nrepo1-s3-key={{}}\\nrepo1-s3-key-secret={{}}\\nrepo1-s3-token={{}}\\n".format(
+    creds["AccessKeyId"], creds["SecretAccessKey"], creds["Token"])
+os.makedirs(DIR, mode=0o750, exist_ok=True)
+os.chown(DIR, UID, GID)
+os.chmod(DIR, 0o750)
+fd, tmp = tempfile.mkstemp(dir=DIR, prefix=".credentials-")
+with os.fdopen(fd, "w") as fh:
+    fh.write(text)
+    os.fchown(fh.fileno(), UID, GID)
+    os.fchmod(fh.fileno(), 0o440)
+os.replace(tmp, os.path.join(DIR, "credentials.conf"))
+# The backup scheduler (uid {gid}) writes its metrics into the textfile collector's directory.
+os.makedirs(TEXTFILE, mode=0o775, exist_ok=True)
+os.chown(TEXTFILE, UID, GID)
+os.chmod(TEXTFILE, 0o775)
+'''
+
+
+def host_files(*, credentials_dir: str, textfile_dir: str, store_gid: int = 70) -> list[dict[str, str]]:
+    """cloud-init write_files for the host side of backups: the credentials refresher and its timer."""
+    return [
+        {"path": "/usr/local/sbin/mysaaschat-backup-credentials", "permissions": "0755",
+         "content": CREDENTIALS_REFRESHER.format(directory=credentials_dir, gid=store_gid, textfile=textfile_dir)},
+        {"path": "/etc/systemd/system/mysaaschat-backup-credentials.service", "permissions": "0644",
+         "content": "[Unit]\nDescription=Instance role credentials for pgBackRest\nAfter=network-online.target\n\n"
+                    "[Service]\nType=oneshot\nExecStart=/usr/local/sbin/mysaaschat-backup-credentials\n"},
+        {"path": "/etc/systemd/system/mysaaschat-backup-credentials.timer", "permissions": "0644",
+         # Role credentials live at least an hour and IMDS renews them before expiry: every 10 minutes.
+         "content": "[Unit]\nDescription=Refresh pgBackRest's S3 credentials\n\n[Timer]\nOnBootSec=10s\n"
+                    "OnUnitActiveSec=10min\n\n[Install]\nWantedBy=timers.target\n"},
+    ]
+
+
+HOST_RUNCMD = [["systemctl", "enable", "--now", "mysaaschat-backup-credentials.timer"],
+               ["systemctl", "start", "mysaaschat-backup-credentials.service"]]
