@@ -275,14 +275,21 @@ def verify(runtime: pbr.Runtime, *, bucket: str, stack: str, scratch: Path) -> R
     backups = [b for b in stanza.get("backup", []) if not b.get("error")]
     if not backups:
         raise BackupError("the repository holds no backup to verify")
-    label = str(backups[-1]["label"])
+    # The newest backup with a manifest (`ops backup run` records one; the scheduler's backups have
+    # none): restored from that very set (--set) to its restore point.
+    manifest, label = None, str(backups[-1]["label"])
+    for candidate in reversed(backups):
+        manifest = get_manifest(bucket, stack, str(candidate["label"]))
+        if manifest is not None:
+            label = str(candidate["label"])
+            break
     report = Report(label)
-    manifest = get_manifest(bucket, stack, label)
     report.add("manifest recorded at backup time", manifest is not None,
-               manifest_key(stack, label) if manifest else "missing: take backups with `ops backup run`")
+               manifest_key(stack, label) if manifest else "no backup has one: take one with `ops backup run`")
     target = scratch / "data"
     if manifest is not None:
-        restore_args = ["--type=name", f"--target={manifest['restore_point']}", "--target-action=promote"]
+        restore_args = [f"--set={label}", "--type=name", f"--target={manifest['restore_point']}",
+                        "--target-action=promote"]
     else:
         restore_args = ["--type=immediate", "--target-action=promote"]
     _restore_raw(runtime, target, restore_args)

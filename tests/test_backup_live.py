@@ -297,6 +297,7 @@ def _cli(lab: Lab, monkeypatch: pytest.MonkeyPatch, *args: str) -> tuple[int, st
 
 
 def test_cli_run_records_a_manifest_and_verify_catches_a_mismatch(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
+    live = lab.live
     code, out = _cli(lab, monkeypatch, "run", "--type", "diff", "--database", "app", "--bucket", BUCKET)
     assert code == 0, out
     label = ob.repository(lab.runtime)["backup"][-1]["label"]
@@ -305,9 +306,12 @@ def test_cli_run_records_a_manifest_and_verify_catches_a_mismatch(lab: Lab, monk
     assert code == 0, out
     listed = json.loads(out)
     assert listed["backups"][-1]["label"] == label and listed["earliest"]
+    # A later backup without a manifest (as the scheduler takes them): verify restores the set that has one.
+    ob.backup_now(lab.runtime, "incr")
+    live.sql("app", "INSERT INTO messages (body) VALUES ('after the manifest')")
     code, out = _cli(lab, monkeypatch, "verify", "--bucket", BUCKET)
     assert code == 0, out
-    assert "verified" in out and "ok   pg_amcheck" in out and "public.messages: rows and checksum" in out
+    assert f"backup {label}: verified" in out and "ok   pg_amcheck" in out and "public.messages: rows and checksum" in out
     # What the backup recorded no longer matches: verify says which table, and fails.
     client = lab.s3.client()
     key = ob.manifest_key("prod", label)
