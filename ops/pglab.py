@@ -194,8 +194,6 @@ class Cluster:
         port = port or self.port
         self.port = port
         log = self.log or self.data.parent / f"{self.data.name}.log"
-        if is_root() and log.parent == self.data.parent:
-            pass
         run(as_postgres([str(PGBIN / "pg_ctl"), "-D", str(self.data), "-l", str(log), "-o",
                          f"-c port={port} -c unix_socket_directories={self.sock} -c listen_addresses=''",
                          "-w", "-t", str(timeout), "start"]), timeout=timeout + 30)

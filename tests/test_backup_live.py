@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pwd
 import subprocess
 import time
 from collections.abc import Iterator
@@ -351,3 +352,92 @@ def test_cli_restore_switches_the_store_only_after_the_copy_checks_and_keeps_the
     assert pglab.table_checksums(live, "app") == state
     # The switched store archives again (the restore ran with archiving off).
     assert live.sql("postgres", "SHOW archive_mode") == "on"
+
+
+def test_the_rendered_scheduler_takes_the_scheduled_backup_and_writes_the_metrics_atomically(lab: Lab) -> None:
+    """The scheduler loop itself (render/pgbackrest.py scheduler_script) against the lab: a diff
+    backup scheduled for this minute runs, and the metrics file appears with the contract's names."""
+    import datetime as dt
+
+    from config.model import BackupSchedule
+
+    now = dt.datetime.now(dt.UTC)
+    if now.second > 45:  # the slot must still be this minute when the loop first looks
+        time.sleep(61 - now.second)
+        now = dt.datetime.now(dt.UTC)
+    day = now.strftime("%a").lower()
+    other = next(d for d in ("mon", "tue", "wed", "thu", "fri", "sat", "sun") if d != day)
+    model = recording("prod").env.postgres.backup.model_copy(update={
+        "diff": BackupSchedule.model_validate({"days": [day], "at": now.strftime("%H:%M")}),
+        "full": BackupSchedule.model_validate({"days": [other], "at": now.strftime("%H:%M")})})
+    textfile = lab.root / "textfile"
+    textfile.mkdir()
+    sql = lab.root / "scheduler-metrics.sql"
+    sql.write_text(pbr.metrics_sql())
+    script = lab.root / "scheduler.sh"
+    script.write_text(pbr.scheduler_script(model, lab.runtime, metrics_sql_path=str(sql), textfile_dir=str(textfile),
+                                           interval_seconds=2))
+    pglab.give_to_postgres(textfile, sql, script)
+    before = {b["label"] for b in ob.repository(lab.runtime)["backup"]}
+    proc = subprocess.Popen(pglab.as_postgres(["sh", str(script)]), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PATH": f"{pglab.PGBIN}:{os.environ['PATH']}"})
+    try:
+        deadline = time.monotonic() + 120
+        new: list[dict[str, object]] = []
+        while time.monotonic() < deadline and not new:
+            new = [b for b in ob.repository(lab.runtime)["backup"] if b["label"] not in before]
+            time.sleep(1)
+        assert [b["type"] for b in new] == ["diff"], new
+        stop = int(new[0]["timestamp"]["stop"])  # type: ignore[index, call-overload]
+        expected = f'{BACKUP_LAST_SUCCESS}{{stanza="main",type="diff"}} {stop}'
+        while time.monotonic() < deadline:
+            prom = textfile / "pgbackrest.prom"
+            if prom.exists() and expected in prom.read_text():
+                break
+            time.sleep(0.5)
+        text = (textfile / "pgbackrest.prom").read_text()
+        assert expected in text
+        assert BACKUP_ARCHIVE_LAST_SUCCESS in text and BACKUP_ARCHIVE_LAG in text
+        # Only the file and, mid-write, its temporary sibling (renamed over it): never a half file under the name.
+        assert all(p.name.startswith(".pgbackrest.prom.") for p in textfile.iterdir() if p.name != "pgbackrest.prom")
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(10)
+
+
+def test_the_laptop_drill_restores_to_t_and_keeps_a_startable_directory(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    """`python -m bench.backup_drill --sql FILE --keep DIR --json`, end to end (its own S3 and cluster)."""
+    _tools()
+    if os.geteuid() != 0:
+        pytest.skip("the servers run as the postgres user: run as root (CI does)")
+    from bench import backup_drill
+
+    sql = tmp_path / "load.sql"
+    sql.write_text("CREATE TABLE people (id serial PRIMARY KEY, name text, photo bytea);\n"
+                   "INSERT INTO people (name, photo) VALUES ('Zoë', '\\x00ff'), ('李', NULL), (NULL, '\\x');\n"
+                   "CREATE TABLE events AS SELECT g AS id, md5(g::text) AS body FROM generate_series(1, 5000) g;\n")
+    keep = pglab.lab_root("drill-keep-") / "restored"
+    try:
+        assert backup_drill.main(["--sql", str(sql), "--keep", str(keep), "--json"]) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["checksums_equal"] is True and result["tables"] == 3 and not result["mismatched_tables"]
+        assert 0 < result["rpo_seconds"] <= result["archive_timeout_seconds"] + 15
+        assert result["backup_seconds"] > 0 and result["restore_seconds"] > 0
+        assert 0 < result["peak_rss_mb"]["backup"] < 150
+        # Stopped, owned by postgres, startable on any port.
+        assert not (keep / "postmaster.pid").exists()
+        if os.geteuid() == 0:
+            assert keep.stat().st_uid == pwd.getpwnam("postgres").pw_uid
+        cluster = pglab.Cluster(keep, keep.parent / "sock", log=keep.parent / "sock" / "log")
+        (keep.parent / "sock").mkdir()
+        pglab.give_to_postgres(keep.parent / "sock")
+        cluster.start()
+        try:
+            assert cluster.sql("drill", "SELECT count(*) FROM drill_rows") == "1000"
+            assert cluster.sql("drill", "SELECT name FROM people WHERE id = 1") == "Zoë"
+        finally:
+            cluster.stop()
+    finally:
+        pglab.remove(keep.parent)
