@@ -1,150 +1,141 @@
-"""Continuous PostgreSQL backups with pgBackRest: what the Postgres store needs, and the scheduler.
+"""The backup bucket: where the host's backups go, and where a compromised host cannot destroy them.
 
-On when the stack has `host.backup_bucket` (prod, staging); `local` has no repository. Why a store
-image and not a sidecar: PostgreSQL runs `archive_command` itself, inside its own container, as its
-own user, for every WAL segment; only a tool present in that container can archive synchronously
-(the segment is recycled once the command succeeds, so success must mean "in S3"). A sidecar would
-need a second copy step through a shared volume (success before the object is in S3, a second
-queue to watch). So the store image is the pinned official image plus Alpine's pgBackRest
-(images/postgres-pgbackrest/Dockerfile), built on the host's engine, and the scheduler is a second
-container of the same image, hardened like every other one (uid 70, read-only root, no
-capabilities), that shares the data volume read-only and the server's socket directory.
+`host.backup_bucket` (ec2 stacks) is created here with versioning, SSE-KMS under a customer-managed
+key with an S3 bucket key, every public access block, a TLS-only policy that also denies the host's
+role every delete, lifecycle retention from `backup_storage`, Object Lock in governance mode, and
+replication to `<bucket>-replica` in `backup_storage.replica_region`. Everything durable is
+`protect`ed. The host's role may read, write and list its stack's prefix, never delete.
 
-The passphrase and the store password reach pgBackRest and libpq as files in the store's secrets
-volume (0400, uid 70), never in argv or the environment. S3 credentials are the instance role's:
-containers cannot reach the metadata service (IMDSv2 hop limit 1), so a host timer (cloud-init,
-render/cloud_init.py) writes the role's temporary credentials into a root-owned directory that both
-containers mount read-only, and every pgBackRest call includes it (`--config-include-path`).
+pulumi-aws 7: the `aws.s3.Bucket*V2` classes are deprecated; the bucket is `aws.s3.Bucket` and each
+setting is its own resource. Object Lock can only be switched on when the bucket is created
+(`object_lock_enabled` on `aws.s3.Bucket`: "Changing this forces a new resource"; AWS S3 user guide,
+"Configuring S3 Object Lock": "you can enable Object Lock when creating a bucket"); the retention
+rule is then `aws.s3.BucketObjectLockConfiguration`. The replica's region is the v7 per-resource
+`region` argument (terraform-provider-aws v6 "enhanced region support": one provider, any region),
+so no second provider is configured.
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
-from pathlib import Path
 
 import pulumi
-import pulumi_docker as docker
+import pulumi_aws as aws
 
-from components.container import ContainerSpec, Mount, hardened_container
+from components.host import Host
 from config import Environment
-from config.model import Postgres
-from render import pgbackrest as pbr
-from render.contracts import TEXTFILE_HOST_DIR
-from render.datastores import SECRETS_DIR
+from render import backup_storage as r
 
-CONTEXT = Path(__file__).resolve().parent.parent / "images" / "postgres-pgbackrest"
-CREDENTIALS_HOST_DIR = "/var/lib/mysaaschat/pgbackrest-credentials"
-CONF = f"{SECRETS_DIR}/pgbackrest.conf"
-PGPASS = f"{SECRETS_DIR}/pgpass"
-SCHEDULER = f"{SECRETS_DIR}/backup-scheduler.sh"
-METRICS_SQL = f"{SECRETS_DIR}/backup-metrics.sql"
-TEXTFILE_MOUNT = "/textfile"
-SOCKET_DIR = "/var/run/postgresql"
-
-
-def enabled(env: Environment) -> bool:
-    return env.host.backup_bucket is not None
-
-
-def runtime(spec: Postgres) -> pbr.Runtime:
-    """Where pgBackRest finds things inside the store image (components/data.py postgres_recipe)."""
-    return pbr.Runtime(pg_path="/var/lib/postgresql/data/pgdata", socket_path=SOCKET_DIR, port=5432,
-                       user=spec.user, database=spec.database, conf=CONF, include_path="/run/pgbackrest-credentials",
-                       work="/tmp/pgbackrest")
-
-
-def region() -> str:
-    value = pulumi.Config("aws").get("region")
-    if not value:
-        raise ValueError("backups need the stack's aws:region (the bucket's region)")
-    return value
-
-
-def files(env: Environment, password: str, passphrase: str) -> dict[str, str]:
-    """Files for the store's secrets volume (written by its seed): the config with the passphrase,
-    libpq's password file for the scheduler's connections, the scheduler and its metrics query."""
-    spec, bucket = env.postgres, env.host.backup_bucket
-    assert bucket is not None
-    run = runtime(spec)
-    return {
-        CONF: pbr.pgbackrest_conf(stack=env.stack, bucket=bucket, region=region(), backup=spec.backup,
-                                  passphrase=passphrase, runtime=run),
-        PGPASS: f"*:*:*:{spec.user}:{password.replace(chr(92), chr(92) * 2).replace(':', chr(92) + ':')}\n",
-        SCHEDULER: pbr.scheduler_script(spec.backup, run, metrics_sql_path=METRICS_SQL, textfile_dir=TEXTFILE_MOUNT),
-        METRICS_SQL: pbr.metrics_sql(),
-    }
-
-
-def file_names() -> list[str]:
-    return sorted((CONF, PGPASS, SCHEDULER, METRICS_SQL))
-
-
-def store_image(env: Environment, opts: pulumi.ResourceOptions) -> docker.RemoteImage:
-    """The official image plus pgBackRest, built by the host's engine.
-
-    The provider tars the context directory where `pulumi` runs and builds on the daemon it talks to
-    (kreuzwerker/terraform-provider-docker v4.5.0 resource_docker_image_funcs.go:
-    resourceDockerImageCreate -> buildImage -> prepareBuildContext, `client.ImageBuild`), then
-    finds the image by `name`, which the build tags.
-    """
-    spec = env.postgres
-    base = spec.image.reference
-    tag = spec.image.tag or (spec.image.digest or "")[len("sha256:"):][:12]
-    dockerfile = (CONTEXT / "Dockerfile").read_bytes()
-    return docker.RemoteImage(
-        "postgres-image", name=pbr.image_name(tag, spec.backup), keep_locally=True,
-        build=docker.RemoteImageBuildArgs(context=str(CONTEXT), build_args=pbr.image_build_args(base, spec.backup),
-                                          labels={"com.mysaaschat.base-image": base}),
-        # A changed Dockerfile rebuilds even when the name stays.
-        triggers={"dockerfile-sha256": hashlib.sha256(dockerfile).hexdigest()},
-        opts=opts)
-
-
-def postgres_args(env: Environment) -> list[str]:
-    return pbr.settings_args(pbr.postgres_settings(env.postgres.backup, runtime(env.postgres)))
+TOKEN = "my-saas-chat:backup:BackupStorage"
 
 
 @dataclass
-class PostgresBackupArgs:
+class BackupStorageArgs:
     env: Environment
-    image: docker.RemoteImage
-    data_volume: pulumi.Input[str]
-    secrets_volume: pulumi.Input[str]
-    socket_volume: pulumi.Input[str]
-    network: pulumi.Input[str]
-    store: docker.Container
-    docker_opts: pulumi.ResourceOptions
+    host: Host
 
 
-class PostgresBackup(pulumi.ComponentResource):
-    """The scheduler: full and differential backups at the model's times, metrics every 30 s."""
+class BackupStorage(pulumi.ComponentResource):
+    bucket: aws.s3.Bucket | None = None
+    key: aws.kms.Key | None = None
 
-    def __init__(self, name: str, args: PostgresBackupArgs, opts: pulumi.ResourceOptions | None = None) -> None:
-        super().__init__("my-saas-chat:backup:PostgresBackup", name, None, opts)
-        env, backup = args.env, args.env.postgres.backup
-        docker_opts = pulumi.ResourceOptions.merge(args.docker_opts, pulumi.ResourceOptions(
-            parent=self, depends_on=[args.store]))
-        self.container = hardened_container(
-            "postgres-backup",
-            ContainerSpec(
-                service="postgres-backup", image=args.image, user="70:70", cpus=0.5, memory_bytes=256 * 1024 * 1024,
-                # Healthy while the metrics file is fresh: the loop runs and reaches the server.
-                healthcheck=["CMD-SHELL", f'test $(( $(date +%s) - $(stat -c %Y {TEXTFILE_MOUNT}/pgbackrest.prom) )) -lt 180'],
-                health={"interval": "30s", "timeout": "5s", "retries": 3, "start_period": "120s"},
-                networks=[args.network],
-                envs=[f"PGPASSFILE={PGPASS}", "HOME=/tmp"],
-                command=["sh", SCHEDULER],
-                mounts=[Mount(args.data_volume, "/var/lib/postgresql/data", read_only=True),
-                        Mount(args.secrets_volume, SECRETS_DIR, read_only=True),
-                        Mount(args.socket_volume, SOCKET_DIR),
-                        Mount(None, "/run/pgbackrest-credentials", read_only=True, host_path=CREDENTIALS_HOST_DIR),
-                        Mount(None, TEXTFILE_MOUNT, host_path=TEXTFILE_HOST_DIR)],
-                labels={"com.mysaaschat.backup-of": "postgres",
-                        "com.mysaaschat.backup-schedule": pbr.schedule_text(backup)},
-                stop_grace_seconds=60,
-            ),
-            env.stack,
-            docker_opts,
-        )
-        self.register_outputs({"container": self.container.name, "schedule": pbr.schedule_text(backup)})
+    def __init__(self, name: str, args: BackupStorageArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__(TOKEN, name, None, opts)
+        env = args.env
+        if env.host.kind == "ec2" and env.host.backup_bucket:
+            self._build(name, env, args.host, env.host.backup_bucket)
+        self.register_outputs({"bucket": self.bucket.bucket if self.bucket else None})
+
+    def _child(self, **kwargs: object) -> pulumi.ResourceOptions:
+        return pulumi.ResourceOptions(parent=self, **kwargs)  # type: ignore[arg-type]
+
+    def _bucket(self, name: str, env: Environment, bucket_name: str, region: str | None,
+                host_role_arn: pulumi.Output[str] | None) -> tuple[aws.s3.Bucket, aws.kms.Key, aws.s3.BucketVersioning]:
+        """One hardened bucket (the primary or its replica): same settings, same rules."""
+        model = env.backup_storage
+        tags = {"Project": "my-saas-chat", "Stack": env.stack, "Purpose": "backup"}
+        key = aws.kms.Key(f"{name}-key", region=region, description=f"my-saas-chat {env.stack}: backups in {bucket_name}",
+                          enable_key_rotation=True, deletion_window_in_days=30, tags=tags,
+                          opts=self._child(protect=True))
+        bucket = aws.s3.Bucket(f"{name}-bucket", region=region, bucket=bucket_name, object_lock_enabled=True, tags=tags,
+                               opts=self._child(protect=True))
+        versioning = aws.s3.BucketVersioning(
+            f"{name}-versioning", region=region, bucket=bucket.id,
+            versioning_configuration=aws.s3.BucketVersioningVersioningConfigurationArgs(status="Enabled"),
+            opts=self._child(protect=True))
+        aws.s3.BucketServerSideEncryptionConfiguration(
+            f"{name}-encryption", region=region, bucket=bucket.id,
+            rules=[aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
+                apply_server_side_encryption_by_default=aws.s3.
+                BucketServerSideEncryptionConfigurationRuleApplyServerSideEncryptionByDefaultArgs(
+                    sse_algorithm="aws:kms", kms_master_key_id=key.arn),
+                # One data key per bucket instead of a KMS call per object (cost, KMS request rate).
+                bucket_key_enabled=True)],
+            opts=self._child(protect=True))
+        public = aws.s3.BucketPublicAccessBlock(
+            f"{name}-public-access", region=region, bucket=bucket.id, block_public_acls=True, block_public_policy=True,
+            ignore_public_acls=True, restrict_public_buckets=True, opts=self._child(protect=True))
+        aws.s3.BucketPolicy(
+            f"{name}-policy", region=region, bucket=bucket.id,
+            policy=pulumi.Output.all(bucket.arn, host_role_arn).apply(lambda v: r.bucket_policy(v[0], v[1])),
+            # S3 refuses a policy while the public access block is being set up concurrently.
+            opts=self._child(protect=True, depends_on=[public]))
+        rule = r.lifecycle_rule(model)
+        aws.s3.BucketLifecycleConfiguration(
+            f"{name}-lifecycle", region=region, bucket=bucket.id,
+            rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
+                id=rule["ID"], status=rule["Status"],
+                filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=rule["Filter"]["Prefix"]),
+                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=rule["Expiration"]["Days"]),
+                noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
+                    noncurrent_days=rule["NoncurrentVersionExpiration"]["NoncurrentDays"]),
+                abort_incomplete_multipart_upload=aws.s3.
+                BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
+                    days_after_initiation=rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]))],
+            # S3 applies a lifecycle configuration to a versioned bucket's versions only once
+            # versioning is on (terraform-provider-aws docs for this resource recommend depends_on).
+            opts=self._child(protect=True, depends_on=[versioning]))
+        lock = r.object_lock(model)
+        aws.s3.BucketObjectLockConfiguration(
+            f"{name}-object-lock", region=region, bucket=bucket.id, object_lock_enabled=lock["ObjectLockEnabled"],
+            rule=aws.s3.BucketObjectLockConfigurationRuleArgs(
+                default_retention=aws.s3.BucketObjectLockConfigurationRuleDefaultRetentionArgs(
+                    mode=lock["Rule"]["DefaultRetention"]["Mode"], days=lock["Rule"]["DefaultRetention"]["Days"])),
+            opts=self._child(protect=True, depends_on=[versioning]))
+        return bucket, key, versioning
+
+    def _build(self, name: str, env: Environment, host: Host, bucket_name: str) -> None:
+        role_arn = host.role.arn if host.role is not None else None
+        self.bucket, self.key, versioning = self._bucket(name, env, bucket_name, None, role_arn)
+        replica, replica_key, replica_versioning = self._bucket(
+            f"{name}-replica", env, f"{bucket_name}-replica", env.backup_storage.replica_region, None)
+        tags = {"Project": "my-saas-chat", "Stack": env.stack}
+        role = aws.iam.Role(f"{name}-replication-role", assume_role_policy=r.assume_role_policy("s3.amazonaws.com"),
+                            tags=tags, opts=self._child())
+        policy = aws.iam.RolePolicy(
+            f"{name}-replication", role=role.id, name="replicate-backups",
+            policy=pulumi.Output.all(self.bucket.arn, replica.arn, self.key.arn, replica_key.arn).apply(
+                lambda v: r.policy_json(r.replication_statements(v[0], v[1], v[2], v[3]))),
+            opts=self._child())
+        aws.s3.BucketReplicationConfig(
+            f"{name}-replication", bucket=self.bucket.id, role=role.arn,
+            rules=[aws.s3.BucketReplicationConfigRuleArgs(
+                id="replica", status="Enabled", priority=1,
+                filter=aws.s3.BucketReplicationConfigRuleFilterArgs(prefix=""),
+                # A delete marker written at the source is not carried over: the replica keeps history.
+                delete_marker_replication=aws.s3.BucketReplicationConfigRuleDeleteMarkerReplicationArgs(
+                    status="Disabled"),
+                source_selection_criteria=aws.s3.BucketReplicationConfigRuleSourceSelectionCriteriaArgs(
+                    sse_kms_encrypted_objects=aws.s3.
+                    BucketReplicationConfigRuleSourceSelectionCriteriaSseKmsEncryptedObjectsArgs(status="Enabled")),
+                destination=aws.s3.BucketReplicationConfigRuleDestinationArgs(
+                    bucket=replica.arn, storage_class="STANDARD_IA",
+                    encryption_configuration=aws.s3.BucketReplicationConfigRuleDestinationEncryptionConfigurationArgs(
+                        replica_kms_key_id=replica_key.arn)))],
+            # Replication needs versioning on both sides first (S3 refuses the configuration otherwise).
+            opts=self._child(protect=True, depends_on=[versioning, replica_versioning, policy]))
+        if host.role is not None:
+            aws.iam.RolePolicy(
+                f"{name}-host-access", role=host.role.id, name="backups",
+                policy=self.key.arn.apply(lambda key: r.policy_json(r.host_statements(bucket_name, env.stack, key))),
+                opts=self._child())

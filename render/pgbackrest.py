@@ -80,6 +80,10 @@ def pgbackrest_conf(*, stack: str, bucket: str, region: str, backup: PostgresBac
         "repo1-cipher-type=aes-256-cbc",
         f"repo1-cipher-pass={passphrase}",
         "repo1-bundle=y",
+        # The host's role may not delete (components/backup.py: retention is the bucket lifecycle's), so
+        # pgBackRest must not try to expire after each backup: the backup would end in AccessDenied.
+        # The retention settings below apply to an operator's `expire` run with delete rights.
+        "expire-auto=n",
         "repo1-retention-full-type=time",
         f"repo1-retention-full={backup.retention_days}",
         f"repo1-retention-diff={backup.retention_diff}",

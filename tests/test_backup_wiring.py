@@ -10,7 +10,7 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from components import backup
+from components import pgbackrest as backup
 from config.model import PostgresBackup
 from ops.runner import Recording
 from policy.rules import image_problem

@@ -19,7 +19,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from components import backup
+from components import pgbackrest as backup
 from config import service_env
 from config.checks import go_duration_ns
 from ops.mocks import Registration
