@@ -43,6 +43,8 @@ def test_postgres_archives_through_pgbackrest_with_the_models_settings(stack: st
     assert {f"repo1-s3-bucket={rec.env.host.backup_bucket}", f"repo1-path=/{stack}", "repo1-cipher-type=aes-256-cbc",
             "repo1-bundle=y", "compress-type=zst", f"repo1-retention-full={spec.backup.retention_days}",
             "repo1-retention-full-type=time", f"process-max={spec.backup.process_max}",
+            # The host's role may not delete (the bucket's policy): no automatic expire after a backup.
+            "expire-auto=n",
             "repo1-s3-region=eu-west-1" if stack == "prod" else "repo1-type=s3"} <= lines
     # The passphrase is in the (secret) file, never on a command line or in the environment.
     passphrase = next(line.split("=", 1)[1] for line in lines if line.startswith("repo1-cipher-pass="))
