@@ -23,9 +23,10 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Mount:
-    volume_name: pulumi.Input[str]
+    volume_name: pulumi.Input[str] | None
     container_path: str
     read_only: bool = False
+    host_path: str | None = None  # a bind mount of a host directory instead of a named volume
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,8 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
             docker.ContainerNetworksAdvancedArgs(name=network, aliases=[spec.service]) for network in spec.networks
         ],
         volumes=[
-            docker.ContainerVolumeArgs(volume_name=m.volume_name, container_path=m.container_path, read_only=m.read_only)
+            docker.ContainerVolumeArgs(volume_name=m.volume_name, host_path=m.host_path,
+                                       container_path=m.container_path, read_only=m.read_only)
             for m in spec.mounts
         ] or None,
         shm_size=spec.shm_size_bytes // MiB if spec.shm_size_bytes else None,
