@@ -24,9 +24,10 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Mount:
-    volume_name: pulumi.Input[str]
+    volume_name: pulumi.Input[str] | None
     container_path: str
     read_only: bool = False
+    host_path: str | None = None  # a bind mount of a host directory instead of a named volume
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,9 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
     if spec.lifecycle == "edge" and not spec.fixed_name:
         raise ValueError(f"{name}: the edge container needs a fixed name (its reload addresses it by name)")
     declared = HOST_ACCESS.get(spec.service)
-    if spec.host_mounts and (declared is None or not set(spec.host_mounts) <= set(declared.mounts)):
+    binds = {(m.host_path, m.container_path, m.read_only) for m in spec.host_mounts}
+    binds |= {(m.host_path, m.container_path, m.read_only) for m in spec.mounts if m.host_path}
+    if binds - {(m.host_path, m.container_path, m.read_only) for m in (declared.mounts if declared else ())}:
         raise ValueError(f"{name}: host mounts must be declared for {spec.service} in config/host_access.py")
     if spec.lifecycle == "stateful" and not spec.hostname:
         raise ValueError(f"{name}: a stateful container needs a fixed hostname (a store's identity must survive replacement)")
@@ -142,7 +145,8 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
             docker.ContainerNetworksAdvancedArgs(name=network, aliases=[spec.service]) for network in spec.networks
         ],
         volumes=[
-            docker.ContainerVolumeArgs(volume_name=m.volume_name, container_path=m.container_path, read_only=m.read_only)
+            docker.ContainerVolumeArgs(volume_name=m.volume_name, host_path=m.host_path,
+                                       container_path=m.container_path, read_only=m.read_only)
             for m in spec.mounts
         ] + [
             docker.ContainerVolumeArgs(host_path=m.host_path, container_path=m.container_path, read_only=m.read_only)

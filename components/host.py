@@ -123,7 +123,8 @@ class Host(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=self._child())
         user_data: pulumi.Output[str] = pulumi.Output.all(data.id, host_key.private_key_openssh, host_key.public_key_openssh).apply(
             lambda v: render_user_data(data_volume_id=v[0], host_private_key=v[1], host_public_key=v[2].strip(),
-                                       admin_user=host.ssh_user, admin_public_key=host.ssh_public_key or ""))
+                                       admin_user=host.ssh_user, admin_public_key=host.ssh_public_key or "",
+                                       backup_credentials=host.backup_bucket is not None))
         instance = aws.ec2.Instance(
             f"{name}-instance", ami=ami_id, instance_type=host.instance_type, availability_zone=host.availability_zone,
             iam_instance_profile=profile.name, key_name=key_pair.key_name,

@@ -1,11 +1,11 @@
 """The one place that says which containers may see the host, how, and why.
 
 node-exporter and cAdvisor measure the host and the other containers, which they can only do through
-the host's /proc and /sys. Each gets exactly the bind mounts below, all read-only, and no capability:
-components/monitoring.py mounts these (and nothing else from the host), and the policy pack's
-`container-host-mounts` rule (policy/rules.py) refuses any host path that is not declared here for
-that container, or declared differently. Both run as nobody (65534), so a host file that only root
-may read stays unreadable to them.
+the host's /proc and /sys: read-only, no capability, as nobody (65534), so a host file that only root
+may read stays unreadable to them. The backup work (components/pgbackrest.py) reads the S3 credentials
+the host's refresher writes, and writes its metrics where node-exporter's textfile collector reads them.
+`hardened_container` refuses a host path not declared here for that service, and the policy pack's
+`container-host-mounts` rule (policy/rules.py) checks every recorded container against this table.
 """
 
 from __future__ import annotations
@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from render.contracts import TEXTFILE_HOST_DIR
+
+# components/pgbackrest.py CREDENTIALS_HOST_DIR (tests/test_monitoring.py checks they agree).
+PGBACKREST_CREDENTIALS_HOST_DIR = "/var/lib/mysaaschat/pgbackrest-credentials"
 
 
 @dataclass(frozen=True)
@@ -48,5 +51,19 @@ HOST_ACCESS: dict[str, HostAccess] = {
     # API is root on the host), so containers are named by their cgroup id, not their Docker name.
     "cadvisor": HostAccess(mounts=(
         HostMount("/sys", "/sys", "every container's CPU and memory accounting in the cgroup v2 hierarchy"),
+    )),
+    # The instance role's short-lived S3 credentials, refreshed on the host (render/pgbackrest.py
+    # CREDENTIALS_REFRESHER): pgBackRest in the store pushes WAL with them (archive_command).
+    "postgres": HostAccess(mounts=(
+        HostMount(PGBACKREST_CREDENTIALS_HOST_DIR, "/run/pgbackrest-credentials",
+                  "S3 credentials for archive_command, refreshed on the host from the instance role"),
+    )),
+    # The backup scheduler: the same credentials, and its metrics for node-exporter's textfile collector
+    # (render/contracts.py), the one writable host path.
+    "postgres-backup": HostAccess(mounts=(
+        HostMount(PGBACKREST_CREDENTIALS_HOST_DIR, "/run/pgbackrest-credentials",
+                  "S3 credentials for the scheduled backups, refreshed on the host from the instance role"),
+        HostMount(TEXTFILE_HOST_DIR, "/textfile", "writes pgbackrest.prom (backup age, archive lag) for "
+                  "node-exporter's textfile collector", read_only=False),
     )),
 }

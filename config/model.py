@@ -399,7 +399,59 @@ class DataStoreBase(Strict):
     memory: MemorySize = Field(description="Container memory limit (whole Mi, at least 6Mi).")
 
 
+_WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class BackupSchedule(Strict):
+    """When a scheduled pgBackRest backup of one type runs (UTC)."""
+
+    days: list[Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]] = Field(
+        min_length=1, description="Weekdays it runs on (mon..sun).")
+    at: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$", description="Time of day, HH:MM in UTC.")
+
+    @field_validator("days")
+    @classmethod
+    def _once_each(cls, days: list[str]) -> list[str]:
+        if len(set(days)) != len(days):
+            raise ValueError("a weekday is listed twice")
+        return sorted(days, key=_WEEKDAYS.index)
+
+
+class PostgresBackup(Strict):
+    """Continuous backups with pgBackRest (on when `host.backup_bucket` is set): WAL archived to S3 as it
+    fills and at least every `archive_timeout_seconds`, scheduled full and differential backups."""
+
+    archive_timeout_seconds: Int = Field(
+        30, ge=5, le=60, description="Postgres `archive_timeout`: a segment with commits is closed and archived at "
+        "least this often. The RPO is this plus the upload (~1 s), so 30 keeps the 60 s promise with margin; "
+        "at most 60.")
+    full: BackupSchedule = Field(
+        default_factory=lambda: BackupSchedule(days=["sun"], at="01:00"), description="Full backups.")
+    diff: BackupSchedule = Field(
+        default_factory=lambda: BackupSchedule(days=["mon", "tue", "wed", "thu", "fri", "sat"], at="01:00"),
+        description="Differential backups (changes since the last full).")
+    retention_days: Int = Field(
+        14, ge=1, le=3650, description="Full backups (and the WAL they need) are kept this many days "
+        "(`repo1-retention-full-type=time`).")
+    retention_diff: Int = Field(7, ge=1, le=9999999, description="Differential backups kept per full backup set.")
+    process_max: Int = Field(2, ge=1, le=64, description="pgBackRest `process-max`: parallel compression/transfer "
+                             "processes of a backup or restore.")
+    pgbackrest_version: str = Field(
+        "2.51-r0", pattern=r"^\d+\.\d+(\.\d+)?-r\d+$",
+        description="The Alpine `pgbackrest` package version pinned into the store image (alpine3.20 community: "
+        "2.51-r0; it must match the base image's Alpine branch).")
+
+    @model_validator(mode="after")
+    def _not_same_minute(self) -> PostgresBackup:
+        clash = sorted(set(self.full.days) & set(self.diff.days), key=_WEEKDAYS.index)
+        if clash and self.full.at == self.diff.at:
+            raise ValueError(f"full and diff are both scheduled on {clash[0]} at {self.full.at}; pick one")
+        return self
+
+
 class Postgres(DataStoreBase):
+    backup: PostgresBackup = Field(default_factory=lambda: PostgresBackup.model_validate({}),
+                                   description="Continuous backups (pgBackRest).")
     database: str = Field(pattern=_IDENT)
     user: str = Field(pattern=_IDENT)
     shared_buffers: MiBSize = Field(description="Must stay below `memory`.")

@@ -89,6 +89,14 @@ def docs(check: Annotated[bool, typer.Option("--check", help="Fail if the file i
 
 
 
+def _backup_app() -> typer.Typer:
+    from ops.backup import backup_app
+
+    return backup_app
+
+
+app.add_typer(_backup_app(), name="backup")
+
 deploy_app = typer.Typer(no_args_is_help=True, help="Releases through the Pulumi Automation API (ops/deploy.py).")
 app.add_typer(deploy_app, name="deploy")
 

@@ -41,3 +41,11 @@ def test_host_mounts_only_as_declared() -> None:
     with pytest.raises(ValueError, match="host mounts must be declared"):
         hardened_container("x", spec(service="node-exporter", host_mounts=[HostMount("/etc", "/host/etc", "no")]),
                            "test", pulumi.ResourceOptions())
+
+
+def test_a_bind_mount_through_mounts_is_checked_too() -> None:
+    from components.container import Mount
+
+    with pytest.raises(ValueError, match="host mounts must be declared"):
+        hardened_container("x", spec(service="postgres", mounts=[Mount(None, "/etc", read_only=True, host_path="/etc")]),
+                           "test", pulumi.ResourceOptions())

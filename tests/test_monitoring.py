@@ -308,8 +308,16 @@ def test_host_access_is_exactly_what_host_access_declares(stack: str) -> None:
         declared = HOST_ACCESS.get(name)
         assert binds == ({(h.host_path, h.container_path, h.read_only) for h in declared.mounts} if declared else set()), name
         assert c.inputs["capabilities"] == {"drops": ["ALL"]}, name
-    for access in HOST_ACCESS.values():
-        assert all(h.read_only and h.reason for h in access.mounts)
+    for service in ("node-exporter", "cadvisor"):
+        assert all(h.read_only and h.reason for h in HOST_ACCESS[service].mounts)
+    assert all(h.reason for access in HOST_ACCESS.values() for h in access.mounts)
+
+
+def test_the_backup_credentials_path_is_the_one_host_access_declares() -> None:
+    from components.pgbackrest import CREDENTIALS_HOST_DIR
+    from config.host_access import PGBACKREST_CREDENTIALS_HOST_DIR
+
+    assert CREDENTIALS_HOST_DIR == PGBACKREST_CREDENTIALS_HOST_DIR
 
 
 def test_the_gateway_serves_grafana_under_its_sub_path_only() -> None:

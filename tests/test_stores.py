@@ -7,6 +7,7 @@ directory) in its own process group, which is stopped whole, whatever the test's
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -99,7 +100,7 @@ def postgres() -> Iterator[tuple[Recording, int, Path]]:
         # What the image's entrypoint runs: initdb with POSTGRES_INITDB_ARGS, then the container's command.
         subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(base / "data"), "-U", env["POSTGRES_USER"],
                         f"--pwfile={base / 'pw'}", *env["POSTGRES_INITDB_ARGS"].split()], check=True, capture_output=True)
-        settings = " ".join(i["command"][1:])
+        settings = shlex.join(i["command"][1:])  # pg_ctl -o goes through a shell; archive_command has spaces
         subprocess.run([*pg_ctl, "-w", "-l", str(base / "log"), "-o",
                         f"-p {port} -k {base} -c listen_addresses=127.0.0.1 {settings}", "start"],
                        check=True, capture_output=True)
