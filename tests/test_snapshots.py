@@ -134,3 +134,13 @@ def test_cli_refuses_an_incomplete_secrets_file_with_exit_2(tmp_path: Path) -> N
     # staging generates `app` (generated_secrets): the program writes it, a secrets file need not hold it.
     assert "staging/my-saas-chat/app" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging", "local"])
+def test_no_input_depends_on_where_the_checkout_lives(tmp_path: Path, stack: str) -> None:
+    # An absolute path of this checkout in an input (a build context, a file source) would make every
+    # `up` from another directory (CI, a laptop) a change, and the snapshots differ per machine.
+    synth.write(recording(stack), tmp_path / stack)
+    leaks = [str(path.relative_to(tmp_path)) for path in (tmp_path / stack).rglob("*")
+             if path.is_file() and str(ROOT) in path.read_text(errors="replace")]
+    assert not leaks, f"{ROOT} appears in: {', '.join(leaks)}"
