@@ -142,6 +142,9 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
                 yield f"{at}.depends_on.{i}", f"no such service {dep!r}"
             elif dep == name:
                 yield f"{at}.depends_on.{i}", "a service cannot depend on itself"
+        if svc.release and not svc.uses:
+            yield (f"{at}.release", "a release command runs on the data network to migrate a data store, and "
+                   "this service uses none (uses: [postgres]); remove it or add the store")
         yield from _env_problems(env, name)
     yield from _cycles(env)
     yield from _secret_problems(env)
