@@ -12,8 +12,9 @@
 //   POST /echo            reads the body, answers {"length", "version"} (any path ending in /echo; likewise
 //                          /sse, /slow and /version, so the gateway's route prefixes reach them unchanged)
 // SIGTERM/SIGINT, the drain contract every real service must follow (README, "Releasing"):
-//   1. at once: /health answers 503; open SSE streams end with a final `event: shutdown` (the browser's
-//      EventSource reconnects, through the reloaded gateway, to the new container); every answer
+//   1. at once: /health answers 503; open SSE streams end with a final `event: shutdown` carrying
+//      `retry: STUB_SSE_RETRY_MS` (default 250; the browser's EventSource reconnects after that long,
+//      through the reloaded gateway, to the new container); every answer
 //      carries `Connection: close`, so no upstream keepalive connection is reused;
 //   2. for STUB_DRAIN_DELAY_MS (default 2000) keep accepting and serving: whoever still routes here (an
 //      old gateway worker between `nginx -s reload` and its retirement, a caller with the alias cached)
@@ -34,6 +35,8 @@ const startDelayMs = Number(process.env.STUB_START_DELAY_MS || 0);
 const drainDelayMs = Number(process.env.STUB_DRAIN_DELAY_MS ?? 2000);
 const keepAliveMs = Number(process.env.STUB_KEEPALIVE_MS || 5000);
 const host = process.env.STUB_HOST || '0.0.0.0';
+// `retry:` in the final event: when the browser's EventSource reconnects (it waits this long).
+const sseRetryMs = Number(process.env.STUB_SSE_RETRY_MS || 250);
 const startedAt = Date.now();
 
 let healthFailed = process.env.STUB_HEALTH === 'fail';
@@ -89,7 +92,7 @@ function sse(req, res) {
   if (draining) {
     // A stream opened while draining ends at once: the client reconnects elsewhere.
     res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
-    res.end(`event: shutdown\ndata: ${JSON.stringify({ reason: 'draining', version })}\n\n`);
+    res.end(`event: shutdown\nretry: ${sseRetryMs}\ndata: ${JSON.stringify({ reason: 'draining', version })}\n\n`);
     return;
   }
   res.writeHead(200, {
@@ -101,7 +104,7 @@ function sse(req, res) {
   const stream = {
     end(reason) {
       clearInterval(timer);
-      res.write(`event: shutdown\ndata: ${JSON.stringify({ reason, version })}\n\n`);
+      res.write(`event: shutdown\nretry: ${sseRetryMs}\ndata: ${JSON.stringify({ reason, version })}\n\n`);
       res.end();
     },
   };
