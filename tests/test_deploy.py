@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ops import deploy
-from tests.conftest import ROOT
+from tests.conftest import COUNTS, ROOT
 
 FAKE = ROOT / "tests" / "fake_pulumi"
 URN = "urn:pulumi:prod::my-saas-chat::"
@@ -118,15 +118,20 @@ def test_a_verified_release_records_its_tag_and_commit(fake: Path, endpoint: tup
     assert (release.version, release.image_tag, release.result) == (1, "2026.11.26-aaaaaaa", "succeeded")
 
 
-def test_a_release_that_fails_verification_is_rolled_back(fake: Path, endpoint: tuple[str, dict[str, int]]) -> None:
+def test_a_release_that_fails_verification_is_rolled_back(fake: Path, endpoint: tuple[str, dict[str, int]],
+                                                           record_property: Callable[[str, object], None]) -> None:
     url, status = endpoint
     history(fake, "2026.11.20-0000001", "2026.11.24-3f9c2ab")
     status["code"] = 503
     lines: list[str] = []
     code = deploy.up("prod", image_tag="2026.11.26-bbbbbbb", base_url=url, echo=lines.append, deadline=1.5)
-    assert code == deploy.VERIFY_FAILED
     ups = [c for c in calls(fake) if c[0] == "up"]
-    assert len(ups) == 2
+    counts = json.dumps({"verification_requests": status["hits"], "answered": status["code"], "ups": len(ups),
+                         "exit_code": code, "phases": [line.split(":")[0] for line in lines]})
+    record_property(COUNTS, counts)
+    assert code == deploy.VERIFY_FAILED, counts
+    assert status["hits"] >= len(deploy.verification_urls(deploy.validate("prod"), url)), counts
+    assert len(ups) == 2, counts
     assert ups[1][ups[1].index("--message") + 1].startswith("rollback to 2026.11.24-3f9c2ab")
     sets = [c[-1] for c in calls(fake) if c[:2] == ["config", "set"]]
     assert sets == ["2026.11.26-bbbbbbb", "2026.11.24-3f9c2ab"]
