@@ -182,13 +182,19 @@ def _release_arg(value: str) -> str:
     return value
 
 
+def _release_command(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("an empty command; give it as a list of words: [npx, prisma, migrate, deploy], or remove release")
+    return value
+
+
 class Release(Strict):
     """A one-shot release-phase command (database migrations): it runs in the service's NEW image, on the
     data network, with the service's environment and secrets, once per image, before the new containers
     start; a non-zero exit fails the update and the old version keeps serving."""
 
-    command: list[Annotated[str, AfterValidator(_release_arg)]] = Field(
-        min_length=1, description="The command, exec form (a list of words, no shell): [npx, prisma, migrate, deploy].")
+    command: Annotated[list[Annotated[str, AfterValidator(_release_arg)]], AfterValidator(_release_command)] = Field(
+        description="The command, exec form (a list of words, no shell): [npx, prisma, migrate, deploy].")
 
 
 class Service(Strict):

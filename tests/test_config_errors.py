@@ -146,7 +146,7 @@ CASES: list[tuple[str, Mut, str, str]] = [
     ("services-not-mapping", stack("services", ["chat-service"]), f"{S}: services", "mapping"),
     # The gateway answers these paths itself.
     ("release-empty", catalog_in("services.auth-service.release", {"command": []}),
-     f"{C}: services.auth-service.release.command", "at least 1 item"),
+     f"{C}: services.auth-service.release.command", "an empty command"),
     ("release-blank-word", catalog_in("services.auth-service.release", {"command": ["npx", " "]}),
      f"{C}: services.auth-service.release.command.1", "empty argument"),
     ("release-shell-string", catalog_in("services.auth-service.release", {"command": "npx prisma migrate deploy"}),
