@@ -65,8 +65,10 @@ def main() -> None:
     runs = [one_run(args.seconds) for _ in range(args.runs)]
     keys = ("served", "failed", "p99_ms_steady", "p99_ms_swap", "resent_idle_keepalive", "old_drain_s", "swap_s")
     medians = {k: statistics.median(float(r[k]) for r in runs) for k in keys}
+    ratios = [r["p99_ms_swap"] / r["p99_ms_steady"] for r in runs if r["p99_ms_steady"]]
     result = {**medians, "p99_ratio": round(medians["p99_ms_swap"] / medians["p99_ms_steady"], 2)
-              if medians["p99_ms_steady"] else None, "runs": runs}
+              if medians["p99_ms_steady"] else None,
+              "p99_ratio_median_of_runs": round(statistics.median(ratios), 2) if ratios else None, "runs": runs}
     if args.json:
         print(json.dumps(result, indent=2))
         return
