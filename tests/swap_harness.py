@@ -48,6 +48,7 @@ from typing import Any
 from dnslib import QTYPE, RCODE, RR, A
 from dnslib.server import BaseResolver, DNSLogger, DNSServer
 
+from config.rules import DRAIN_DELAY_SECONDS
 from ops.runner import Recording, run_stack
 from render.nginx import Layout, render_nginx
 
@@ -111,6 +112,7 @@ class Result:
     answered_by: dict[str, int] = field(default_factory=dict)  # version -> answers
     last_answer_sent: dict[str, float] = field(default_factory=dict)  # version -> latest request start answered
     resent_idle_keepalive: int = 0
+    resent_starts: set[float] = field(default_factory=set)  # start times of the requests that were resent
     resent_ids_logged_by_nginx: int = 0  # of the resent requests' first attempts: must stay 0
     sse_streams: int = 0
     sse_events: int = 0
@@ -137,7 +139,8 @@ class Result:
 class Gateway:
     """nginx on the rendered config of a stack, with the DNS stand-in and the swapped service's stubs."""
 
-    def __init__(self, root: Path, stack: str = "local", block: int = 0, drain_delay_ms: int = 2000) -> None:
+    def __init__(self, root: Path, stack: str = "local", block: int = 0,
+                 drain_delay_ms: int = DRAIN_DELAY_SECONDS * 1000) -> None:
         self.drain_delay_ms = drain_delay_ms  # the stubs' STUB_DRAIN_DELAY_MS (the drain contract)
         self.rec: Recording = run_stack(stack)
         self.env = self.rec.env
@@ -400,6 +403,7 @@ class Load:
                 # A reused idle connection closed under the request: resend on a new one, once.
                 with self.lock:
                     self.result.resent_idle_keepalive += 1
+                    self.result.resent_starts.add(start)
                     self.first_attempts.append(request_id)
                 try:
                     status, answer = self._one(conn, method, prefix, body, secrets.token_hex(16))
@@ -488,7 +492,7 @@ def p99(values: list[float]) -> float:
 
 
 @contextlib.contextmanager
-def gateway(block: int = 0, drain_delay_ms: int = 2000) -> Iterator[Gateway]:
+def gateway(block: int = 0, drain_delay_ms: int = DRAIN_DELAY_SECONDS * 1000) -> Iterator[Gateway]:
     """nginx running, the swapped service on its first container (version v1): `gw.containers[0]`."""
     if os.geteuid() != 0:
         raise PermissionError("the swap harness needs root (a private mount namespace, DNS on port 53)")

@@ -157,6 +157,8 @@ CASES: list[tuple[str, Mut, str, str]] = [
      f"{C}: services.frontend.release", "uses none"),
     ("release-null", catalog_in("services.auth-service.release", {"command": None}),
      f"{C}: services.auth-service.release.command", "list"),
+    ("stop-grace-below-drain", stack_in("services.auth-service.stop_grace_seconds", 3),
+     f"{S}: services.auth-service.stop_grace_seconds", "drain contract"),
     ("route-grafana", catalog_in("services.analytics-service.routes", [{"prefix": "/grafana"}]),
      f"{C}: services.analytics-service.routes.0.prefix", "collides with /grafana"),
     ("route-healthz", catalog_in("services.analytics-service.routes", [{"prefix": "/healthz/deep"}]),
