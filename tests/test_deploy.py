@@ -158,6 +158,35 @@ def test_engine_failures_end_with_one_line_and_their_exit_code(fake: Path, outco
     assert error.value.code == code and message in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_failed_migration_reports_its_exit_code_and_last_log_lines_and_rolls_nothing_back(
+        fake: Path, endpoint: tuple[str, dict[str, int]]) -> None:
+    """The engine reports the release command's failure as a diagnostic on its resource (the text
+    pulumi-command returns, components/container.py release_script); the driver keeps it below its
+    one line. No verification and no rollback: the old containers never stopped serving."""
+    url, status = endpoint
+    history(fake, "2026.11.24-3f9c2ab")
+    urn = f"{URN}my-saas-chat:service:AppService$command:remote:Command::billing-service-release"
+    message = ("exit status 3: running \"log=$(mktemp) ...\":\nrelease command of billing-service (npx prisma migrate "
+               "deploy) failed with exit code 3; last 20 log lines:\nmigration 0030_step applied\n"
+               "Error: P3018 migration 0031_add_index failed to apply\n")
+    queue(fake, up=[{"result": "failed", "events": [
+        step("create-replacement", "billing-service-release", typ="command:remote:Command",
+             parent="AppService::billing-service", diffs=["triggers"]),
+        {"diagnosticEvent": {"urn": urn, "message": message, "color": "never", "severity": "error"}},
+        {"diagnosticEvent": {"message": "update failed", "color": "never", "severity": "error"}}]}])
+    with pytest.raises(deploy.DeployError) as error:
+        deploy.up("prod", image_tag="2026.11.26-eeeeeee", base_url=url, echo=lambda _: None, deadline=1)
+    text = str(error.value)
+    assert error.value.code == deploy.ENGINE_FAILED
+    lines = text.splitlines()
+    assert lines[0].startswith("stack prod: ") and lines[0].endswith("error: update failed")
+    assert lines[1] == '  billing-service-release: exit status 3: running "log=$(mktemp) ...":'
+    assert "    release command of billing-service (npx prisma migrate deploy) failed with exit code 3; " \
+           "last 20 log lines:" in lines
+    assert lines[-1] == "    Error: P3018 migration 0031_add_index failed to apply"
+    assert status["hits"] == 0 and len([c for c in calls(fake) if c[0] == "up"]) == 1
+
+
 @pytest.mark.parametrize("tag", ["latest", "LATEST", "main", " "])
 def test_a_mutable_tag_is_refused_before_any_engine_call(fake: Path, tag: str) -> None:
     with pytest.raises(deploy.DeployError) as error:
