@@ -71,7 +71,8 @@ class AppService(pulumi.ComponentResource):
             # The release command (migrations) runs in the new image once the stores are healthy, and
             # the new container waits for it: a failed migration fails the update before the new
             # container exists, and the old one keeps serving (components/container.py release_script).
-            self.release = release_command(name, args, image, envs, after, parent=self)
+            stores: list[pulumi.Resource] = [args.stores[s].container for s in svc.uses]
+            self.release = release_command(name, args, image, envs, stores, parent=self)
             after = [*after, self.release]
         self.container = hardened_container(
             name,
@@ -89,8 +90,11 @@ class AppService(pulumi.ComponentResource):
 
 def release_command(service: str, args: AppServiceArgs, image: docker.RemoteImage, envs: pulumi.Output[list[str]],
                     after: list[pulumi.Resource], *, parent: pulumi.Resource) -> pulumi.Resource:
-    """The service's release command, replaced (and so run again) when its image changes: `triggers`
-    is a `command` resource's replacement key."""
+    """The service's release command, run before every new container of the service: replaced (and so
+    run) when the image digest changes (`triggers`, a `command` resource's replacement key), and run
+    again by an update when its environment changes, since an update without an `update` script runs
+    `create` (pulumi/pulumi-command provider/pkg/provider/local/commandController.go Update: "Use
+    Create command if Update is unspecified"; remote likewise). It waits for the stores it migrates."""
     env, release = args.env, args.env.services[service].release
     svc = env.services[service]
     assert release is not None
