@@ -345,9 +345,32 @@ class Gateway:
 
     # --- the load ------------------------------------------------------------------------------
 
-    def connect(self, source: str) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection("127.0.0.1", self.layout.https_port, context=self.context, timeout=10,
-                                           source_address=(source, 0))
+    def connect(self, source: str, sessions: dict[str, ssl.SSLSession] | None = None) -> BrowserConnection:
+        return BrowserConnection("127.0.0.1", self.layout.https_port, context=self.context, timeout=10,
+                                 source_address=(source, 0), tls_context=self.context,
+                                 sessions=sessions if sessions is not None else {})
+
+
+class BrowserConnection(http.client.HTTPSConnection):
+    """An HTTPS connection that resumes its client's last TLS session on a new connection, as browsers
+    do (nginx keeps sessions in `ssl_session_cache`, render/nginx.py): a reconnect costs a resumed
+    handshake, not a full one."""
+
+    def __init__(self, *args: Any, tls_context: ssl.SSLContext, sessions: dict[str, ssl.SSLSession],
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tls_context, self.sessions = tls_context, sessions
+        self.bind: tuple[str, int] | None = kwargs.get("source_address")
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout, self.bind)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = self.tls_context.wrap_socket(sock, server_hostname=self.host, session=self.sessions.get("tls"))
+
+    def remember_session(self) -> None:
+        # With TLS 1.3 the session (ticket) arrives after the handshake, with the first answer.
+        if isinstance(self.sock, ssl.SSLSocket) and self.sock.session is not None:
+            self.sessions["tls"] = self.sock.session
 
 
 class Load:
@@ -383,7 +406,8 @@ class Load:
         source = f"{self.gw.net}.{100 + (method == 'POST')}.{n + 1}"
         prefix = f"/api/chats/{'version' if method == 'GET' else 'echo'}"
         body = json.dumps({"client": n, "pad": "x" * 512}).encode() if method == "POST" else None
-        conn = self.gw.connect(source)
+        sessions: dict[str, ssl.SSLSession] = {}
+        conn = self.gw.connect(source, sessions)
         fresh = True
         next_at = time.monotonic() + random.random() * self.interval
         while not self.stop.is_set():
@@ -395,7 +419,7 @@ class Load:
                 status, answer = self._one(conn, method, prefix, body, request_id)
             except (OSError, http.client.HTTPException) as error:
                 conn.close()
-                conn = self.gw.connect(source)
+                conn = self.gw.connect(source, sessions)
                 if fresh or not _idle_close(error):
                     self._record(start, method, f"{method} error {error!r}")
                     fresh = True
@@ -410,7 +434,7 @@ class Load:
                 except (OSError, http.client.HTTPException) as again:
                     self._record(start, method, f"{method} resend error {again!r}")
                     conn.close()
-                    conn = self.gw.connect(source)
+                    conn = self.gw.connect(source, sessions)
                     fresh = True
                     continue
             fresh = False
@@ -424,7 +448,7 @@ class Load:
                 self._record(start, method, f"{method} {status}")
         conn.close()
 
-    def _one(self, conn: http.client.HTTPSConnection, method: str, path: str, body: bytes | None,
+    def _one(self, conn: BrowserConnection, method: str, path: str, body: bytes | None,
              request_id: str) -> tuple[int, bytes]:
         headers = {"Host": self.gw.env.domain, "X-Request-ID": request_id}
         if body is not None:
@@ -432,6 +456,7 @@ class Load:
         conn.request(method, path, body=body, headers=headers)
         response = conn.getresponse()
         answer = response.read()
+        conn.remember_session()
         if response.getheader("Connection", "").lower() == "close":
             conn.close()
         return response.status, answer
