@@ -265,11 +265,23 @@ def test_host_role_is_least_privilege() -> None:
     role = next(r for r in rec.resources.values() if r.type == "aws:iam/role:Role")
     assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     assert "inlinePolicies" not in role.inputs  # deprecated in pulumi-aws 7; a RolePolicy instead
-    [policy] = [r for r in rec.resources.values() if r.type == "aws:iam/rolePolicy:RolePolicy"]
+    policies = [r for r in rec.resources.values() if r.type == "aws:iam/rolePolicy:RolePolicy"
+                and role.urn in r.property_dependencies.get("role", [])]
+    [policy] = policies  # components/backup.py grants the backup prefix; host.py grants nothing else
     statements = json.loads(policy.inputs["policy"])["Statement"]
-    # The host writes its backup prefix and nothing else: secrets are read at `up` by the operator.
-    assert statements == [{"Action": ["s3:PutObject"], "Effect": "Allow",
-                           "Resource": ["arn:aws:s3:::mysaaschat-backups/prod/*"]}]
+    # The host reads, writes and lists its backup prefix, uses the bucket's key, and deletes nothing:
+    # secrets are read at `up` by the operator.
+    key = next(r for r in rec.resources.values() if r.name == "backup-key")
+    assert statements == [
+        {"Action": ["s3:GetObject", "s3:PutObject"], "Effect": "Allow",
+         "Resource": ["arn:aws:s3:::mysaaschat-backups/prod/*"]},
+        {"Action": ["s3:ListBucket"], "Condition": {"StringLike": {"s3:prefix": ["prod/*"]}}, "Effect": "Allow",
+         "Resource": ["arn:aws:s3:::mysaaschat-backups"]},
+        {"Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Effect": "Allow",
+         "Resource": [statements[2]["Resource"][0]]}]
+    assert statements[2]["Resource"][0].startswith("arn:aws:kms:eu-west-1:123456789012:key/")
+    assert key.urn in policy.property_dependencies["policy"]
+    assert not any("Delete" in a for st in statements for a in st["Action"])
     assert not role.inputs.get("managedPolicyArns")
 
 

@@ -12,7 +12,7 @@ import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
@@ -132,5 +132,8 @@ def test_the_derived_database_url_logs_in_and_the_settings_are_in_force(postgres
     schema = re.search(r"[?&]schema=([^&]+)", full).group(1)  # type: ignore[union-attr]
     assert _psql([url], f"CREATE SCHEMA {schema}; SELECT current_schemas(false)").returncode == 0
     # A wrong password is refused, and so is the local socket without one (the healthcheck proves it).
-    assert _psql([url.replace(password(rec, "postgres"), "wrong-password")], "SELECT 1").returncode != 0
+    # The URL carries the password percent-encoded (whatever characters it has).
+    wrong = url.replace(f":{quote(password(rec, 'postgres'), safe='')}@", ":wrong-password@")
+    assert wrong != url
+    assert _psql([wrong], "SELECT 1").returncode != 0
     assert _psql(["-h", str(base), "-p", str(port), "-U", spec.user, "-d", spec.database], "SELECT 1").returncode != 0
