@@ -115,7 +115,12 @@ def test_an_image_change_replaces_only_that_service_start_first(tmp_path: Path) 
         return json.dumps(rec.resources[urn].inputs, sort_keys=True)
 
     changed = sorted(u.rsplit("::", 1)[1] for u in before.resources if inputs(before, u) != inputs(after, u))
-    assert changed == ["chat-service", "chat-service-image"]
+    assert changed == ["chat-service", "chat-service-image", "chat-service-release"]
+    # The release command (migrations) is replaced, so it runs again, in the new image: its trigger
+    # is the image digest, and `triggers` replaces a command on change.
+    urn = next(u for u in before.resources if u.endswith("::chat-service-release"))
+    assert before.resources[urn].inputs["triggers"] != after.resources[urn].inputs["triggers"]
+    assert "triggers[*]" in after.resources[urn].replace_on_changes
     container = next(r for r in after.resources.values() if r.name == "chat-service" and r.custom)
     # The container's image id changes, which Docker can only apply by replacement. Without
     # deleteBeforeReplace Pulumi creates the new one first; wait=True holds `up` until it is
