@@ -33,7 +33,15 @@ from render import pgbackrest as pbr
 from render.contracts import TEXTFILE_HOST_DIR
 from render.datastores import SECRETS_DIR
 
-CONTEXT = Path(__file__).resolve().parent.parent / "images" / "postgres-pgbackrest"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# Relative to the project, never absolute: the context is a ForceNew input of the image
+# (kreuzwerker resource_docker_image.go, build.context), so an absolute path would rebuild and replace
+# the store image whenever `pulumi up` runs from another checkout (CI, a laptop). The provider resolves
+# it against its own working directory (docker/cli build.GetContextFromLocalDir -> filepath.Abs), which
+# the engine sets to the program's directory (pulumi/pulumi sdk/go/common/resource/plugin/plugin.go
+# ExecPlugin: `cmd.Dir = pwd`).
+CONTEXT_PATH = "images/postgres-pgbackrest"
+CONTEXT = PROJECT_ROOT / CONTEXT_PATH
 CREDENTIALS_HOST_DIR = "/var/lib/mysaaschat/pgbackrest-credentials"
 CONF = f"{SECRETS_DIR}/pgbackrest.conf"
 PGPASS = f"{SECRETS_DIR}/pgpass"
@@ -94,7 +102,7 @@ def store_image(env: Environment, opts: pulumi.ResourceOptions) -> docker.Remote
     dockerfile = (CONTEXT / "Dockerfile").read_bytes()
     return docker.RemoteImage(
         "postgres-image", name=pbr.image_name(tag, spec.backup), keep_locally=True,
-        build=docker.RemoteImageBuildArgs(context=str(CONTEXT), build_args=pbr.image_build_args(base, spec.backup),
+        build=docker.RemoteImageBuildArgs(context=CONTEXT_PATH, build_args=pbr.image_build_args(base, spec.backup),
                                           labels={"com.mysaaschat.base-image": base}),
         # A changed Dockerfile rebuilds even when the name stays.
         triggers={"dockerfile-sha256": hashlib.sha256(dockerfile).hexdigest()},

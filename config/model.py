@@ -181,6 +181,29 @@ class Metrics(Strict):
     port: Int | None = Field(None, ge=1024, le=65535, description="Container port; the service's `port` when unset.")
 
 
+def _release_arg(value: str) -> str:
+    if not value.strip():
+        raise ValueError("an empty argument; give the command as a list of words: [npx, prisma, migrate, deploy]")
+    if "\n" in value or "\x00" in value:
+        raise ValueError("an argument may not contain a newline or NUL")
+    return value
+
+
+def _release_command(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("an empty command; give it as a list of words: [npx, prisma, migrate, deploy], or remove release")
+    return value
+
+
+class Release(Strict):
+    """A one-shot release-phase command (database migrations): it runs in the service's NEW image, on the
+    data network, with the service's environment and secrets, once per image, before the new containers
+    start; a non-zero exit fails the update and the old version keeps serving."""
+
+    command: Annotated[list[Annotated[str, AfterValidator(_release_arg)]], AfterValidator(_release_command)] = Field(
+        description="The command, exec form (a list of words, no shell): [npx, prisma, migrate, deploy].")
+
+
 class Service(Strict):
     kind: Literal["web", "worker"] = Field(description="`web` serves gateway routes; `worker` has none.")
     description: str = ""
@@ -203,6 +226,7 @@ class Service(Strict):
     deploy_timeout_seconds: Int = Field(ge=10, le=1800, description="How long a new container may take to turn healthy.")
     healthcheck: Healthcheck
     metrics: Metrics | None = Field(None, description="Prometheus metrics endpoint, when the service has one.")
+    release: Release | None = Field(None, description="A release-phase command (migrations) run before the new containers start.")
 
     @property
     def needs_egress(self) -> bool:

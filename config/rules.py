@@ -146,6 +146,13 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
                 yield f"{at}.depends_on.{i}", f"no such service {dep!r}"
             elif dep == name:
                 yield f"{at}.depends_on.{i}", "a service cannot depend on itself"
+        if svc.stop_grace_seconds < MIN_STOP_GRACE_SECONDS:
+            yield (f"{at}.stop_grace_seconds", f"{svc.stop_grace_seconds} s is shorter than the drain contract: a service "
+                   f"keeps serving {DRAIN_DELAY_SECONDS} s after SIGTERM, then finishes its requests (README, "
+                   f"Releasing); give at least {MIN_STOP_GRACE_SECONDS}")
+        if svc.release and not svc.uses:
+            yield (f"{at}.release", "a release command runs on the data network to migrate a data store, and "
+                   "this service uses none (uses: [postgres]); remove it or add the store")
         yield from _env_problems(env, name)
     yield from _cycles(env)
     yield from _secret_problems(env)
@@ -164,6 +171,13 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
     if env.host.kind == "ec2" and env.secrets_backend == "generated":
         yield "secrets_backend", "generated secrets are for host.kind local only; use aws-secretsmanager"
 
+
+# The drain contract every service follows on SIGTERM (README, "Releasing"; the engine tests' stub
+# implements it): keep serving this long, for whoever still routes to the old container (a retiring
+# gateway worker just after `nginx -s reload`, a caller with the alias), then stop accepting and finish.
+DRAIN_DELAY_SECONDS = 2
+# Docker kills after stop_grace_seconds: the drain delay plus time for in-flight requests.
+MIN_STOP_GRACE_SECONDS = DRAIN_DELAY_SECONDS + 3
 
 PLAIN_SECRET = ("looks like a credential (policy container-secret-env): reference it from Secrets Manager in the "
                 "service's `secrets:`, never a plain value")

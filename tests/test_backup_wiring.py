@@ -60,7 +60,7 @@ def test_the_store_image_is_the_pinned_official_image_plus_pinned_pgbackrest() -
     build = image["build"]
     assert isinstance(build, dict)
     assert build["buildArgs"] == {"BASE": spec.image.reference, "PGBACKREST_VERSION": spec.backup.pgbackrest_version}
-    assert Path(str(build["context"])) == backup.CONTEXT and (backup.CONTEXT / "Dockerfile").exists()
+    assert backup.PROJECT_ROOT / str(build["context"]) == backup.CONTEXT and (backup.CONTEXT / "Dockerfile").exists()
     assert image_problem(str(image["name"])) is None
     # Every container running the store image is the store or its scheduler, both uid 70.
     assert container(rec, "postgres").inputs["user"] == container(rec, "postgres-backup").inputs["user"] == "70:70"

@@ -250,11 +250,12 @@ def test_host_wave_depth_fits_the_target() -> None:
 
     rec = recording("prod")
     result = waves(rec)
-    # Eleven steps: the seed containers (a create and an upload, no start) sit between the volumes
-    # and the stores; the gateway's seed, the gateway and its reload follow the services (the
-    # config names their containers). What takes time is waiting for health: stores, then services,
-    # then the gateway (nginx answers /healthz within a second of starting).
-    assert len(result) <= 11
+    # Twelve steps: the seed containers (a create and an upload, no start) sit between the volumes
+    # and the stores; the release commands (migrations) between the stores and the services that
+    # run them; the gateway's seed, the gateway and its reload follow the services (the config names
+    # their containers). What takes time is waiting for health: stores, then services, then the
+    # gateway (nginx answers /healthz within a second of starting); and the migrations themselves.
+    assert len(result) <= 12
     # Along any dependency chain, at most three health waits follow one another.
     memo: dict[str, int] = {}
 
@@ -339,3 +340,61 @@ def test_depends_on_orders_one_service_after_another(tmp_path: Any) -> None:
     by_name = {r.name: r for r in rec.resources.values() if r.type == CONTAINER and r.name in rec.env.services}
     assert by_name["auth-service"].urn in by_name["api-gateway"].dependencies
     assert not any(by_name["api-gateway"].urn in r.dependencies for r in by_name.values())
+
+
+def releases(rec: Recording) -> dict[str, Registration]:
+    return {r.name.removesuffix("-release"): r for r in rec.resources.values()
+            if r.type.startswith("command:") and r.name.endswith("-release")}
+
+
+def test_a_release_command_runs_in_the_new_image_before_the_new_container(rec: Recording) -> None:
+    """Each service with a `release` command: its command resource depends on the service's image,
+    the stores it uses and the data network; the service's container depends on it (so the engine
+    starts the new container only after the command succeeded); it is replaced, so run again, when
+    the image digest changes (`triggers`, replaced on change), and its environment travels secret on
+    standard input, never on the command line."""
+    found = releases(rec)
+    assert set(found) == {n for n, s in rec.env.services.items() if s.release}
+    assert found, "the catalog declares release commands (Prisma migrations)"
+    by_urn = rec.resources
+    for name, release in found.items():
+        svc = rec.env.services[name]
+        assert release.type == ("command:remote:Command" if rec.env.host.kind == "ec2" else "command:local:Command")
+        container = next(c for c in containers(rec) if c.name == name)
+        image = next(r for r in rec.resources.values() if r.name == f"{name}-image")
+        assert release.urn in container.dependencies, name
+        assert image.urn in release.dependencies, name
+        stores = {by_urn[d].name for d in release.dependencies if by_urn[d].type == CONTAINER}
+        assert stores == set(svc.uses), name  # stores healthy first; never the service's own containers
+        assert release.inputs["triggers"] == [image.inputs["name"].split(":")[0].split("@")[0] + "@"
+                                              + release.inputs["triggers"][0].split("@")[1]]
+        assert "triggers[*]" in release.replace_on_changes
+        script = release.inputs["create"]
+        words = script.split("\n")[1].split(" ")
+        at = words.index("run")
+        assert words[at + 1:at + 3] == ["--rm", "--init"]
+        assert words[words.index("--network") + 1] == f"mysaaschat-{rec.stack}-data"
+        assert words[words.index("--user") + 1] == svc.user and "--read-only" in words
+        assert words[words.index("--cap-drop") + 1] == "ALL"
+        assert words[words.index("--security-opt") + 1] == "no-new-privileges:true"
+        assert words[words.index("--env-file") + 1] == "/dev/stdin"
+        image_id = words[words.index("/dev/stdin") + 1]
+        command = svc.release.command if svc.release else []
+        assert image_id.startswith("sha256:") and words[words.index(image_id) + 1:][:len(command)] == command
+        assert plain(release.inputs["stdin"]) != release.inputs["stdin"]  # secret
+        secrets = {v for v in rec.secret_values if len(v) >= 8}
+        assert not any(s in script for s in secrets), name
+        assert 'exit "$code"' in script and "tail -n 20" in script
+
+
+def test_the_release_command_is_ordered_in_the_creation_waves() -> None:
+    """The release wave sits between the stores' health wait and the services' (bench.waves)."""
+    from bench.waves import waves
+    from tests.conftest import recording
+
+    rec = recording("local")
+    result = waves(rec)
+    wave_of = {entry.split(" ", 1)[1]: i for i, wave in enumerate(result) for entry in wave}
+    for name in releases(rec):
+        assert wave_of[f"{name}-release"] < wave_of[name], (name, result)
+        assert wave_of["postgres"] < wave_of[f"{name}-release"], (name, result)

@@ -116,7 +116,12 @@ def test_an_image_change_replaces_only_that_service_start_first(tmp_path: Path) 
         return json.dumps(rec.resources[urn].inputs, sort_keys=True)
 
     changed = sorted(u.rsplit("::", 1)[1] for u in before.resources if inputs(before, u) != inputs(after, u))
-    assert changed == ["chat-service", "chat-service-image"]
+    assert changed == ["chat-service", "chat-service-image", "chat-service-release"]
+    # The release command (migrations) is replaced, so it runs again, in the new image: its trigger
+    # is the image digest, and `triggers` replaces a command on change.
+    urn = next(u for u in before.resources if u.endswith("::chat-service-release"))
+    assert before.resources[urn].inputs["triggers"] != after.resources[urn].inputs["triggers"]
+    assert "triggers[*]" in after.resources[urn].replace_on_changes
     container = next(r for r in after.resources.values() if r.name == "chat-service" and r.custom)
     # The container's image id changes, which Docker can only apply by replacement. Without
     # deleteBeforeReplace Pulumi creates the new one first; wait=True holds `up` until it is
@@ -135,3 +140,13 @@ def test_cli_refuses_an_incomplete_secrets_file_with_exit_2(tmp_path: Path) -> N
     # staging generates `app` (generated_secrets): the program writes it, a secrets file need not hold it.
     assert "staging/my-saas-chat/app" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging", "local"])
+def test_no_input_depends_on_where_the_checkout_lives(tmp_path: Path, stack: str) -> None:
+    # An absolute path of this checkout in an input (a build context, a file source) would make every
+    # `up` from another directory (CI, a laptop) a change, and the snapshots differ per machine.
+    synth.write(recording(stack), tmp_path / stack)
+    leaks = [str(path.relative_to(tmp_path)) for path in (tmp_path / stack).rglob("*")
+             if path.is_file() and str(ROOT) in path.read_text(errors="replace")]
+    assert not leaks, f"{ROOT} appears in: {', '.join(leaks)}"

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import io
 import secrets
+import shutil
+import subprocess
 import tarfile
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +42,8 @@ MONITORING = "my-saas-chat:monitoring:Monitoring"
 VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/remoteImage:RemoteImage"
 STORES = ("postgres", "redis", "rabbitmq")
+COMMANDS = ("command:local:Command", "command:remote:Command")
+RECORDED_DOCKER_CLI = "docker -H unix:///var/run/docker.sock"  # the local stack's host.docker_cli
 
 
 class ReplayError(Exception):
@@ -83,6 +87,8 @@ class Replay:
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (wall-clock time, event, container)
     healthy_after: dict[str, float] = field(default_factory=dict)  # resource name -> seconds from start
     on_wait: Callable[[str], None] | None = None
+    docker_host: str | None = None  # the engine's socket, for the recorded release commands' docker CLI
+    release_output: dict[str, str] = field(default_factory=dict)  # service -> its release command's output
 
     def _event(self, event: str, name: str) -> None:
         self.events.append((time.time(), event, name))
@@ -96,13 +102,14 @@ class Replay:
     def order(self) -> list[Registration]:
         """Docker resources in dependency order (the engine walks the same graph)."""
         docker_types = (NETWORK, VOLUME, CONTAINER)
+        releases = {r.urn for r in self.recording.resources.values() if r.type in COMMANDS and r.name.endswith("-release")}
         # Not yet replayed: the gateway (its config volume, seed and container), which needs an
         # nginx stand-in image; its config is proven by real nginx in tests/test_gateway_live.py.
         # Nor monitoring (no stand-ins for its images; its files are proven by the real tools in
         # tests/test_monitoring*.py).
         gateway = {r.urn for r in self.recording.resources.values() if r.type in (GATEWAY, MONITORING)}
         regs = {r.urn: r for r in self.recording.resources.values()
-                if r.type in docker_types and r.parent not in gateway}
+                if (r.type in docker_types and r.parent not in gateway) or r.urn in releases}
         done: list[Registration] = []
         seen: set[str] = set()
 
@@ -151,6 +158,8 @@ class Replay:
             self.network(reg)
         elif reg.type == VOLUME:
             self.volume(reg)
+        elif reg.type in COMMANDS:
+            self.release(reg)
         else:
             return self.create(reg)
         return None
@@ -234,6 +243,42 @@ class Replay:
         if i.get("wait"):
             self.wait_healthy(live, float(i.get("waitTimeout", 60)))
         return live
+
+    def release(self, reg: Registration, *, image: str | None = None, extra_env: Mapping[str, str] | None = None) -> str:
+        """A service's release command, as pulumi-command's local Command runs it: the recorded `create`
+        script under `/bin/sh -c`, the recorded `stdin` on its standard input, and a non-zero exit is
+        the resource's error, `<exit status>: running "<script>":\n<output>` (pulumi/pulumi-command
+        provider/pkg/provider/local/commandOutputs.go run). Only two things are mapped: the docker CLI
+        to this engine's socket, and the recorded image id to the stand-in image. `extra_env` adds
+        lines to the environment on stdin (a test's cue)."""
+        i = plain(reg.inputs)
+        if not self.docker_host:
+            raise ReplayError(reg.name, "command", "no docker_host: the replay needs the engine's socket to run it")
+        cli = "/usr/bin/docker" if shutil.which("/usr/bin/docker") else (shutil.which("docker") or "docker")
+        script = str(i["create"])
+        recorded_image = next(w for w in script.split() if w.startswith("sha256:"))
+        script = script.replace(RECORDED_DOCKER_CLI, f"{cli} -H {self.docker_host}").replace(
+            recorded_image, image or self.image_for(reg))
+        stdin = str(i.get("stdin", "")) + "".join(f"{k}={v}\n" for k, v in (extra_env or {}).items())
+        service = reg.name.removesuffix("-release")
+        self._event("release started", service)
+        result = subprocess.run(["/bin/sh", "-c", script], input=stdin, capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        self.release_output[service] = output
+        if result.returncode != 0:
+            self._event("release failed", service)
+            raise ReplayError(reg.name, "create", f"exit status {result.returncode}: running {script!r}:\n{output}")
+        self._event("release done", service)
+        return output
+
+    def release_then_replace(self, name: str, *, image: str, extra_env: Mapping[str, str] | None = None) -> Live:
+        """An image change of a service with a release command, in the engine's order: the command is
+        replaced (its trigger, the image digest, changed) and runs first; the container, which depends
+        on it, is replaced only if it succeeded. A failure leaves every container as it was."""
+        release = next(r for r in self.recording.resources.values()
+                       if r.type in COMMANDS and r.name == f"{name}-release")
+        self.release(release, image=image, extra_env=extra_env)
+        return self.replace(name, image=image)
 
     def wait_healthy(self, live: Live, timeout: float) -> float:
         """container_funcs `wait`: poll the health status until healthy; an error after wait_timeout."""
