@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 
 from ops.runner import Recording
-from render.nginx import Layout, render_nginx
+from render.nginx import Layout, health_routes, render_nginx
 from tests.conftest import recording, require_tool
 from tests.test_gateway import container_names
 
@@ -260,6 +260,20 @@ def test_every_route_reaches_its_service(gw: Gateway) -> None:
     # A sibling of a prefix is not that prefix: /api/chatsx goes to /api (api-gateway).
     status, _, body = gw.request("GET", "/api/chatsx", source="127.9.9.2")
     assert json.loads(body)["service"] == "api-gateway"
+
+
+def test_each_service_health_path_reaches_that_service(gw: Gateway) -> None:
+    """What the deploy driver verifies (ops/deploy.py verification_urls): /healthz/<service> answers
+    from that service, at its health_path; the naive prefix + health_path of the frontend
+    (/api/health) is answered by api-gateway instead."""
+    for svc, path in health_routes(gw.rec.env).items():
+        status, _, body = gw.request("GET", path, source="127.9.8.1")
+        seen = json.loads(body)
+        assert status == 200 and seen["service"] == svc, (path, status, seen)
+        assert seen["path"] == gw.rec.env.services[svc].health_path, (path, seen)
+    if "frontend" in gw.rec.env.services and "api-gateway" in gw.rec.env.services:
+        status, _, body = gw.request("GET", "/api/health", source="127.9.8.2")
+        assert json.loads(body)["service"] == "api-gateway"
 
 
 def test_access_log_is_json_with_upstream_timing(gw: Gateway) -> None:
