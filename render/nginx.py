@@ -37,14 +37,22 @@ class Layout:
     listen_address: str = ""  # "" = every address of the container
     access_log: str = "/dev/stdout"
     error_log: str = "/dev/stderr"
+    # `tls.mode: letsencrypt`: the certificate, key and challenge files live in the ACME volume
+    # (render/acme.py), not in the config volume; "" = the config volume's.
+    acme_dir: str = ""
 
     @property
     def cert(self) -> str:
-        return f"{self.conf_dir}/tls/cert.pem"
+        return f"{self.acme_dir}/certs/fullchain.pem" if self.acme_dir else f"{self.conf_dir}/tls/cert.pem"
 
     @property
     def key(self) -> str:
-        return f"{self.conf_dir}/tls/key.pem"
+        return f"{self.acme_dir}/certs/privkey.pem" if self.acme_dir else f"{self.conf_dir}/tls/key.pem"
+
+    @property
+    def acme_root(self) -> str:
+        """The directory holding `.well-known/acme-challenge/`."""
+        return f"{self.acme_dir}/webroot" if self.acme_dir else f"{self.conf_dir}/acme"
 
     def listen(self, port: int) -> str:
         return f"{self.listen_address}:{port}" if self.listen_address else str(port)
@@ -195,7 +203,7 @@ def render_nginx(env: Environment, containers: Mapping[str, str], layout: Layout
         d("listen", layout.listen(layout.http_port), "default_server"),
         d("server_name", "_"),
         d("location", "^~", "/.well-known/acme-challenge/",
-          block=[d("root", f"{layout.conf_dir}/acme"), d("default_type", "text/plain")]),
+          block=[d("root", layout.acme_root), d("default_type", "text/plain")]),
         dict(health),
         d("location", "/", block=[d("return", "301", f"https://{env.domain}$request_uri")]),
     ]))

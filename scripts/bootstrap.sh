@@ -12,6 +12,9 @@ if [[ "${1:-}" == "--test-tools" ]]; then
   # their images without a registry; nftables puts back the firewall dockerd changed; nginx-light, openssl and wrk
   # run the gateway tests (tests/test_gateway_live.py) and bench.gateway.
   packages=(postgresql redis-server rabbitmq-server cloud-init docker.io debootstrap nftables iptables nginx-light openssl wrk)
+  # python3-cryptography runs the certbot companion's bootstrap (as certbot's image would); systemd-analyze
+  # (systemd) judges the certificate reload units (tests/test_acme.py).
+  packages+=(python3-cryptography systemd)
   command -v node >/dev/null || packages+=(nodejs)
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -q

@@ -309,3 +309,47 @@ def test_a_service_is_reachable_only_through_the_gateway(stack: Replay, engine_c
 
     assert host_connects(stack.publish[443][1]) and host_connects(stack.publish[80][1])
     assert not host_connects(port)
+
+
+# --- letsencrypt: who may write the ACME volume ----------------------------------------------------
+
+def test_the_acme_volume_takes_uid_101_from_the_gateway_image(
+        engine_client: docker.DockerClient, engine_images: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> None:
+    """components/gateway.py AcmeCompanion: certbot runs as 101, not root, so its volume must be
+    writable by 101. The recorded never-started owner seed (the gateway image, the volume mounted
+    on its /var/cache/nginx) makes Docker copy that directory's owner onto the empty volume at
+    create; without it the volume is root's and 101 cannot write (the contrast)."""
+    import yaml
+
+    from config.load import ROOT_DIR
+    from ops.runner import run_stack
+
+    config = yaml.safe_load((ROOT_DIR / "Pulumi.staging.yaml").read_text())
+    config["config"]["my-saas-chat:tls"] = {"mode": "letsencrypt", "email": "ops@mysaaschat.app"}
+    path = tmp_path_factory.mktemp("acme") / "Pulumi.staging.yaml"
+    path.write_text(yaml.safe_dump(config))
+    replay = Replay(engine_client, run_stack("staging", path=path), engine_images)
+    volume = next(r for r in replay.resources("docker:index/volume:Volume") if r.name == "gateway-acme-volume")
+    owner = next(r for r in replay.resources("docker:index/container:Container") if r.name == "gateway-acme-owner")
+    bare = "mysaaschat-staging-acme-bare"
+    try:
+        clean(engine_client)
+        replay.volume(volume)
+        replay.create(owner)
+        engine_client.volumes.create(bare, labels={TEST_LABEL: "bare"})
+
+        def write_as_101(name: str) -> tuple[int, str]:
+            probe = engine_client.containers.run(
+                engine_images["stub"], ["sh", "-c", "mkdir -p /v/certs && echo ok > /v/certs/x && stat -c '%u' /v"],
+                user="101:101", volumes={name: {"bind": "/v", "mode": "rw"}}, labels={TEST_LABEL: "probe"},
+                network_mode="none", detach=True, entrypoint=[])
+            code = probe.wait(timeout=60)["StatusCode"]
+            out = probe.logs().decode()
+            probe.remove(force=True)
+            return int(code), out
+
+        assert write_as_101(plain(volume.inputs)["name"]) == (0, "101\n")
+        code, out = write_as_101(bare)
+        assert code != 0 and "Permission denied" in out, out
+    finally:
+        clean(engine_client)
