@@ -82,6 +82,7 @@ def certificate(name: str, env: Environment, secrets: SecretStore,
 class Gateway(pulumi.ComponentResource):
     container: docker.Container
     reload: pulumi.Resource
+    acme: AcmeCompanion | None = None  # tls.mode letsencrypt only
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("my-saas-chat:gateway:Gateway", name, None, opts)

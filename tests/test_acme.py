@@ -37,7 +37,7 @@ from render.nginx import Layout, render_nginx
 from tests.conftest import require_tool
 from tests.engine.replay import plain
 from tests.test_gateway import container_names
-from tests.test_gateway_live import Gateway, Stub, free_port, stop
+from tests.test_gateway_live import Gateway, free_port, start_stubs, stop
 
 ROOT = Path(__file__).resolve().parent.parent
 EMAIL = "ops@mysaaschat.app"
@@ -174,7 +174,7 @@ def live(rec: Recording) -> Iterator[tuple[Gateway, Path]]:
     gw: Gateway | None = None
     try:
         names = container_names(rec)
-        addresses = {svc: f"127.11.0.{10 + i}" for i, svc in enumerate(sorted(names))}
+        addresses, stubs = start_stubs(rec, names)
         prefix, acme_dir = root / "gw", root / "acme"
         (prefix / "tmp").mkdir(parents=True)
         layout = Layout(conf_dir=str(prefix), temp_dir=str(prefix / "tmp"), http_port=free_port(),
@@ -191,8 +191,8 @@ def live(rec: Recording) -> Iterator[tuple[Gateway, Path]]:
         (prefix / "hosts").write_text("127.0.0.1 localhost\n" + "".join(f"{addresses[s]} {n}\n" for s, n in names.items()))
         (prefix / "nginx.conf").write_text(render_nginx(rec.env, names, layout))
         gw = Gateway(rec=rec, prefix=prefix, layout=layout, names=names, addresses=addresses)
+        gw.stubs = stubs
         for svc in names:
-            gw.stubs[svc] = Stub(svc, (addresses[svc], rec.env.services[svc].port))
             threading.Thread(target=gw.stubs[svc].serve_forever, daemon=True).start()
         gw.process = subprocess.Popen(gw.in_namespace("exec " + gw.nginx("-g", "'daemon off;'")),
                                       start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

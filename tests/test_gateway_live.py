@@ -10,10 +10,12 @@ only; nginx runs in its own process group and is stopped, by its id, whatever ha
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -156,6 +158,27 @@ class Gateway:
             conn.close()
 
 
+def start_stubs(rec: Recording, names: dict[str, str]) -> tuple[dict[str, str], dict[str, Stub]]:
+    """Each gateway's stubs on a 127.X.Y.0/24 that no other process holds: xdist workers, and the
+    other checkouts on this machine running these tests at the same moment (fixed blocks made
+    them fail each other with EADDRINUSE)."""
+    for _ in range(50):
+        net = f"127.{random.randrange(20, 250)}.{random.randrange(1, 250)}"
+        addresses = {svc: f"{net}.{10 + i}" for i, svc in enumerate(sorted(names))}
+        stubs: dict[str, Stub] = {}
+        try:
+            for svc in names:
+                stubs[svc] = Stub(svc, (addresses[svc], rec.env.services[svc].port))
+        except OSError as error:
+            for stub in stubs.values():
+                stub.server_close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return addresses, stubs
+    raise AssertionError("no free loopback block for the stub upstreams after 50 tries")
+
+
 def start(stack: str, root: Path) -> Gateway:
     require_tool("unshare")
     openssl = require_tool("openssl")
@@ -165,11 +188,7 @@ def start(stack: str, root: Path) -> Gateway:
         pytest.skip("the live gateway tests need root (a private mount namespace)")
     rec = recording(stack)
     names = container_names(rec)
-    # Each stack and each xdist worker its own 127.N.W.0/24: two gateways of one stack on two
-    # workers (a module fixture per worker) never share a stub address.
-    block = STACKS.index(stack) + 1
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 200
-    addresses = {svc: f"127.{block}.{worker}.{10 + i}" for i, svc in enumerate(sorted(names))}
+    addresses, stubs = start_stubs(rec, names)
     prefix = root / stack
     (prefix / "tmp").mkdir(parents=True)
     (prefix / "tls").mkdir()
@@ -189,8 +208,8 @@ def start(stack: str, root: Path) -> Gateway:
     gw = Gateway(rec=rec, prefix=prefix, layout=layout, names=names, addresses=addresses)
     gw.context = ssl.create_default_context(cafile=layout.cert)
     gw.context.check_hostname = False  # we connect to 127.0.0.1; the certificate names the domain
+    gw.stubs = stubs
     for svc in names:
-        gw.stubs[svc] = Stub(svc, (addresses[svc], rec.env.services[svc].port))
         threading.Thread(target=gw.stubs[svc].serve_forever, daemon=True).start()
     gw.process = subprocess.Popen(gw.in_namespace("exec " + gw.nginx("-g", "'daemon off;'")),
                                   start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
