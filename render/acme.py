@@ -79,9 +79,11 @@ def deploy_hook(acme_dir: str = ACME_DIR) -> str:
     """certbot's --deploy-hook (sh, with RENEWED_LINEAGE set): install the new pair, then ask for a reload.
 
     The key first, then the certificate, each by rename: nginx reads both only at a reload, which
-    the stamp, written last, requests."""
+    the stamp, written last, requests. Wrapped in `sh -c`: certbot refuses a hook whose first word
+    is not a program on PATH (certbot/_internal/hooks.py validate_hook: "Unable to find deploy-hook
+    command set in the PATH", found by the engine test with Debian's certbot)."""
     certs = f"{acme_dir}/certs"
-    return (f'set -eu; umask 077; '
+    return "sh -c " + shlex.quote(f'set -eu; umask 077; '
             f'cp "$RENEWED_LINEAGE/privkey.pem" {certs}/privkey.pem.tmp; '
             f'cp "$RENEWED_LINEAGE/fullchain.pem" {certs}/fullchain.pem.tmp; '
             f'mv {certs}/privkey.pem.tmp {certs}/privkey.pem; mv {certs}/fullchain.pem.tmp {certs}/fullchain.pem; '
@@ -106,25 +108,27 @@ def companion_script(env: Environment, acme_dir: str = ACME_DIR, retry_seconds: 
     """The companion's whole life (run by `sh -c`): bootstrap pair, then issue/renew forever."""
     every = env.tls.certbot.check_every_hours * 3600
     certs = f"{acme_dir}/certs"
-    return textwrap.dedent(f"""\
-        set -eu
-        umask 077
-        mkdir -p {acme_dir}/webroot/.well-known/acme-challenge {certs} {acme_dir}/letsencrypt
-        chmod 755 {acme_dir}/webroot {acme_dir}/webroot/.well-known {acme_dir}/webroot/.well-known/acme-challenge
-        if [ ! -s {certs}/fullchain.pem ] || [ ! -s {certs}/privkey.pem ]; then
-          echo "no certificate yet: a temporary self-signed one for {env.domain}"
-          python3 -c {shlex.quote(BOOTSTRAP_PY)} {shlex.quote(env.domain)} {certs}
-        fi
-        while :; do
-          if {shlex.join(certbot_args(env, acme_dir))}; then
-            pause={every}
-          else
-            echo "certbot failed; again in {retry_seconds} s"
-            pause={retry_seconds}
-          fi
-          sleep "$pause" & wait $!
-        done
-        """)
+    certbot = shlex.join(certbot_args(env, acme_dir))
+    bootstrap = f"python3 -c {shlex.quote(BOOTSTRAP_PY)} {shlex.quote(env.domain)} {certs}"
+    return "\n".join([
+        "set -eu",
+        "umask 077",
+        f"mkdir -p {acme_dir}/webroot/.well-known/acme-challenge {certs} {acme_dir}/letsencrypt",
+        f"chmod 755 {acme_dir}/webroot {acme_dir}/webroot/.well-known {acme_dir}/webroot/.well-known/acme-challenge",
+        f"if [ ! -s {certs}/fullchain.pem ] || [ ! -s {certs}/privkey.pem ]; then",
+        f'  echo "no certificate yet: a temporary self-signed one for {env.domain}"',
+        f"  {bootstrap}",
+        "fi",
+        "while :; do",
+        f"  if {certbot}; then",
+        f"    pause={every}",
+        "  else",
+        f'    echo "certbot failed; again in {retry_seconds} s"',
+        f"    pause={retry_seconds}",
+        "  fi",
+        '  sleep "$pause" & wait $!',
+        "done",
+    ]) + "\n"
 
 
 def reload_script(env: Environment, nginx: str, docker_root: str = "/var/lib/docker",

@@ -68,6 +68,9 @@ def test_the_companion_is_hardened_pinned_and_has_no_way_to_the_engine(rec: Reco
     script = companion["command"][0]
     assert "--server " + acme.LETSENCRYPT_STAGING in script and f"--email {EMAIL}" in script
     assert "--webroot-path /var/lib/mysaaschat-acme/webroot" in script and "--keep-until-expiring" in script
+    # certbot runs a hook only if its first word is a program on PATH (hooks.py validate_hook);
+    # the engine test runs the real certbot with it (tests/engine/test_acme_engine.py).
+    assert shutil.which(shlex.split(acme.deploy_hook())[0]) and shlex.quote(acme.deploy_hook()) in script
     image = plain(by_name(rec, "gateway-acme-image").inputs)
     assert image["name"] == "docker.io/certbot/certbot:v3.0.1"
     violations = [v for v in evaluate(rec.resources.values()) if v.level == "mandatory"]

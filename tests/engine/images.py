@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 IMAGES_DIR = Path(__file__).resolve().parent / "images"
 REPOSITORY = "mysaaschat-test"
-NAMES = ("postgres", "redis", "rabbitmq", "stub", "nginx")
+NAMES = ("postgres", "redis", "rabbitmq", "stub", "nginx", "certbot")
 SUITE = "bookworm"
 VARIANT = "minbase"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -189,7 +189,7 @@ def _build(client: docker.DockerClient, name: str, base_tag: str) -> str:
 
 
 def build_all(client: docker.DockerClient, cache_dir: Path) -> dict[str, str]:
-    """Logical name ("postgres", "redis", "rabbitmq", "stub", "nginx", and "base") -> image tag, building what is missing."""
+    """Logical name (postgres, redis, rabbitmq, stub, nginx, certbot, and "base") -> image tag, building what is missing."""
     started = time.monotonic()
     base = base_image(client, cache_dir)
     tags = {"base": base}

@@ -9,7 +9,8 @@ mirrors: kreuzwerker/terraform-provider-docker v4.x (wrapped by pulumi-docker 5.
 `resource_docker_network_funcs.go`, `resource_docker_volume.go`.
 
 Images are mapped to the stand-ins built by tests/engine/images.py: a store's image by its
-repository name, the gateway's nginx to the nginx stand-in, every product service to the stub service.
+repository name, the gateway's nginx to the nginx stand-in, certbot (`tls.mode: letsencrypt`) to the
+certbot stand-in, every product service to the stub service.
 
 The gateway is replayed only when the test says where its published ports go (`publish`): the
 recorded 0.0.0.0:80 and 0.0.0.0:443 would take the machine's own ports and face its network, so a
@@ -143,7 +144,9 @@ class Replay:
         if repository in STORES:
             return self.images[repository]
         gateway = {r.urn for r in self.resources(GATEWAY)}
-        return self.images["nginx" if image.parent in gateway else "stub"]
+        if image.parent in gateway:
+            return self.images["nginx"]
+        return self.images["certbot" if repository == "certbot" else "stub"]
 
     def recorded_name(self, reg: Registration) -> str | None:
         """The generated name the program recorded for a service container (its `services` output):
@@ -229,7 +232,9 @@ class Replay:
         )
         try:
             created = api.create_container(
-                image, name=name, command=i.get("command"), user=i.get("user"), environment=i.get("envs"),
+                # container_funcs: `if v, ok := d.GetOk("entrypoint")`: config.Entrypoint.
+                image, name=name, command=i.get("command"), entrypoint=i.get("entrypoints"), user=i.get("user"),
+                environment=i.get("envs"),
                 ports=[(int(p["internal"]), p.get("protocol", "tcp")) for p in i.get("ports") or []] or None,
                 hostname=i.get("hostname"), labels=_labels(i), healthcheck=health, stop_timeout=i.get("stopTimeout"),
                 host_config=host_config)
