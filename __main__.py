@@ -2,6 +2,7 @@
 
 import pulumi
 
+from components.backup import BackupStorage, BackupStorageArgs
 from components.data import DataStore, DataStoreArgs
 from components.gateway import Gateway, GatewayArgs
 from components.host import Host, HostArgs
@@ -17,9 +18,10 @@ except ConfigError as error:  # every problem at once, and no resource registere
 
 secrets = SecretStore("secrets", SecretStoreArgs(env=env))
 host = Host("host", HostArgs(env=env, secrets=secrets))
+backup_storage = BackupStorage("backup", BackupStorageArgs(env=env, host=host))
 networks = Networks("net", NetworksArgs(env=env, host=host))
 stores = {
-    kind: DataStore(kind, DataStoreArgs(env=env, host=host, network=networks.data.name))
+    kind: DataStore(kind, DataStoreArgs(env=env, host=host, network=networks.data.name, secrets=secrets))
     for kind in ("postgres", "redis", "rabbitmq")
 }
 

@@ -161,6 +161,28 @@ READ_BACK: dict[str, dict[str, Normaliser]] = {
         "policy": lambda v: _legacy_policy(str(v)),
     },
     "aws:iam/instanceProfile:InstanceProfile": {},
+    # ta kms/key.go Read: description, rotation flag, window and tags as AWS returns them (verbatim);
+    # the key policy is left to AWS's default (not set, so not diffed).
+    "aws:kms/key:Key": {},
+    # ta secretsmanager/secret.go Read: name, kms_key_id (the ARN we pass), description, tags verbatim;
+    # recovery_window_in_days is not read back (kept from config).
+    "aws:secretsmanager/secret:Secret": {},
+    # ta secretsmanager/secret_version.go resourceSecretVersionRead (findSecretVersionByTwoPartKey):
+    # secret_string as stored; version_stages is ignore_changes (a rotation moves AWSCURRENT).
+    "aws:secretsmanager/secretVersion:SecretVersion": {},
+    # ta s3/bucket.go, bucket_versioning.go, bucket_server_side_encryption_configuration.go,
+    # bucket_public_access_block.go, bucket_lifecycle_configuration.go,
+    # bucket_object_lock_configuration.go, bucket_replication_configuration.go: the API's own
+    # values, which are what the program sends (Enabled, aws:kms, GOVERNANCE, day counts, ARNs).
+    "aws:s3/bucket:Bucket": {},
+    "aws:s3/bucketVersioning:BucketVersioning": {},
+    "aws:s3/bucketServerSideEncryptionConfiguration:BucketServerSideEncryptionConfiguration": {},
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": {},
+    "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration": {},
+    "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration": {},
+    "aws:s3/bucketReplicationConfig:BucketReplicationConfig": {},
+    # ta s3/bucket_policy.go: policy normalised like IAM policies (compact, sorted, Version first).
+    "aws:s3/bucketPolicy:BucketPolicy": {"policy": lambda v: _legacy_policy(str(v))},
     # userData is ignore_changes (and clear text in v6); the rest verbatim (ec2/ec2_instance.go Read).
     "aws:ec2/instance:Instance": {},
     "aws:ec2/volumeAttachment:VolumeAttachment": {},  # Read sets nothing: state = inputs

@@ -9,6 +9,7 @@ tests check every recorded container against the same rules.
 from __future__ import annotations
 
 import json
+import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -23,9 +24,10 @@ MiB = 1024 * 1024
 
 @dataclass(frozen=True)
 class Mount:
-    volume_name: pulumi.Input[str]
+    volume_name: pulumi.Input[str] | None
     container_path: str
     read_only: bool = False
+    host_path: str | None = None  # a bind mount of a host directory instead of a named volume
 
 
 @dataclass(frozen=True)
@@ -137,7 +139,8 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
             docker.ContainerNetworksAdvancedArgs(name=network, aliases=[spec.service]) for network in spec.networks
         ],
         volumes=[
-            docker.ContainerVolumeArgs(volume_name=m.volume_name, container_path=m.container_path, read_only=m.read_only)
+            docker.ContainerVolumeArgs(volume_name=m.volume_name, host_path=m.host_path,
+                                       container_path=m.container_path, read_only=m.read_only)
             for m in spec.mounts
         ] or None,
         shm_size=spec.shm_size_bytes // MiB if spec.shm_size_bytes else None,
@@ -208,3 +211,58 @@ def node_http_healthcheck(path: str) -> list[str]:
         "r.on('timeout',()=>{r.destroy();process.exit(1)});r.on('error',()=>process.exit(1))"
     )
     return ["CMD", "node", "-e", script]
+
+
+RELEASE_LOG_LINES = 20  # how much of a release command's output an operator sees, on failure and success
+
+
+def release_script(docker_cli: str, *, service: str, stack: str, image: str, network: str, user: str, cpus: float,
+                   memory_bytes: int, tmpfs: Sequence[str], command: Sequence[str]) -> str:
+    """A release-phase command (migrations), run once to completion in the service's new image.
+
+    Why `docker run` from a `command` resource and not a run-to-completion `docker.Container`: with
+    `attach: true` the provider waits for the container to stop and keeps its logs, but never looks at
+    the exit code (kreuzwerker/terraform-provider-docker resource_docker_container_funcs.go,
+    resourceDockerContainerCreate: `case <-attachCh:` only copies the logs into `container_logs`,
+    then `resourceDockerContainerRead`, which records `exit_code` in state), so a failed migration
+    would succeed as a resource and the new containers would start on an unmigrated schema. A
+    `command` resource fails its create on a non-zero exit (pulumi/pulumi-command
+    provider/pkg/provider/local/commandOutputs.go and remote/commandOutputs.go: `if err != nil {
+    return fmt.Errorf("%w: running %q:\n%s", err, command, stdouterrbuf.String()) }`), which the
+    engine reports as the update's error, with this script's output; the container that depends
+    on it is then never created, and the old one keeps serving.
+
+    Hardened like every service container (non-root, read-only root, no capabilities, no privilege
+    escalation, the service's limits). The environment comes on standard input (`--env-file
+    /dev/stdin`, the `command` resource's `stdin`), never on the command line. On a non-zero exit the
+    script says so with the exit code and the last lines of the output, and exits with that code
+    (`docker run` exits with the container's code; 125-127 are docker's own failures).
+    """
+    argv = [
+        *docker_cli.split(), "run", "--rm", "--init",
+        "--label", f"com.mysaaschat.service={service}", "--label", f"com.mysaaschat.stack={stack}",
+        "--label", "com.mysaaschat.lifecycle=release",
+        "--network", network, "--user", user, "--read-only",
+        *[arg for path in tmpfs for arg in ("--tmpfs", f"{path}:rw,noexec,nosuid,size=64m")],
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
+        "--memory", f"{memory_bytes // MiB}m", "--memory-swap", f"{memory_bytes // MiB}m",
+        "--cpus", canonical_cpus(cpus), "--env-file", "/dev/stdin",
+        image, *command,
+    ]
+    run = " ".join(shlex.quote(a) for a in argv)
+    what = shlex.quote(f"release command of {service} ({' '.join(command)})")
+    n = RELEASE_LOG_LINES
+    return (
+        f'log=$(mktemp) || exit 1\n'
+        f'{run} >"$log" 2>&1\n'
+        f'code=$?\n'
+        f'if [ "$code" -ne 0 ]; then\n'
+        f'  echo {what}" failed with exit code $code; last {n} log lines:" >&2\n'
+        f'  tail -n {n} "$log" >&2\n'
+        f'  rm -f "$log"\n'
+        f'  exit "$code"\n'
+        f'fi\n'
+        f'echo {what}" succeeded; last {n} log lines:"\n'
+        f'tail -n {n} "$log"\n'
+        f'rm -f "$log"\n'
+    )

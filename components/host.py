@@ -41,6 +41,7 @@ class Host(pulumi.ComponentResource):
     # (ec2), or on this machine against the configured endpoint (local).
     connection: command.remote.ConnectionArgs | None = None
     docker_cli: str = "docker"
+    role: aws.iam.Role | None = None  # the instance role (ec2); components/backup.py grants it the backup prefix
 
     def __init__(self, name: str, args: HostArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         refuse_docker_environment(os.environ)
@@ -111,6 +112,7 @@ class Host(pulumi.ComponentResource):
                 {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "ec2.amazonaws.com"}}]},
                 sort_keys=True, separators=(",", ":")),
             opts=self._child())
+        self.role = role
         statements = host_statements(env)
         if statements:
             # A policy of its own: `inline_policies` is deprecated in pulumi-aws 7, and a Role that
@@ -121,7 +123,8 @@ class Host(pulumi.ComponentResource):
         profile = aws.iam.InstanceProfile(f"{name}-profile", role=role.name, tags=tags, opts=self._child())
         user_data: pulumi.Output[str] = pulumi.Output.all(data.id, host_key.private_key_openssh, host_key.public_key_openssh).apply(
             lambda v: render_user_data(data_volume_id=v[0], host_private_key=v[1], host_public_key=v[2].strip(),
-                                       admin_user=host.ssh_user, admin_public_key=host.ssh_public_key or ""))
+                                       admin_user=host.ssh_user, admin_public_key=host.ssh_public_key or "",
+                                       backup_credentials=host.backup_bucket is not None))
         instance = aws.ec2.Instance(
             f"{name}-instance", ami=ami_id, instance_type=host.instance_type, availability_zone=host.availability_zone,
             iam_instance_profile=profile.name, key_name=key_pair.key_name,
@@ -251,13 +254,12 @@ def refuse_docker_environment(environ: Mapping[str, str]) -> None:
 
 
 def host_statements(env: Environment) -> list[dict[str, object]]:
-    """Least privilege: the host writes (never reads or deletes) its stack's backup prefix, and
-    nothing else. It reads no secret: the program reads Secrets Manager at `up`, with the
-    operator's credentials, and hands values to containers."""
-    if not env.host.backup_bucket:
-        return []
-    return [{"Effect": "Allow", "Action": ["s3:PutObject"],
-             "Resource": [f"arn:aws:s3:::{env.host.backup_bucket}/{env.stack}/*"]}]
+    """Least privilege: nothing but what another component grants for its own resource. The backup
+    prefix (read, write, list; never delete) is granted by components/backup.py next to the bucket
+    and its KMS key (render/backup_storage.py host_statements). The host reads no secret: the
+    program reads Secrets Manager at `up`, with the operator's credentials, and hands values to
+    containers."""
+    return []
 
 
 def policy_json(statements: list[dict[str, object]]) -> str:

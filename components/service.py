@@ -10,9 +10,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import pulumi
+import pulumi_command as command
 import pulumi_docker as docker
 
-from components.container import ContainerSpec, hardened_container, node_http_healthcheck
+from components.container import ContainerSpec, hardened_container, node_http_healthcheck, release_script
 from components.data import DataStore
 from components.host import Host
 from components.network import Networks
@@ -34,6 +35,7 @@ class AppServiceArgs:
 
 class AppService(pulumi.ComponentResource):
     container: docker.Container
+    release: pulumi.Resource | None = None
 
     def __init__(self, name: str, args: AppServiceArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("my-saas-chat:service:AppService", name, None, opts)
@@ -65,6 +67,13 @@ class AppService(pulumi.ComponentResource):
         # A service starts once the stores it uses are healthy, and after the services the model
         # says it depends on; nothing else orders it.
         after = [args.stores[s].container for s in svc.uses] + args.after
+        if svc.release:
+            # The release command (migrations) runs in the new image once the stores are healthy, and
+            # the new container waits for it: a failed migration fails the update before the new
+            # container exists, and the old one keeps serving (components/container.py release_script).
+            stores: list[pulumi.Resource] = [args.stores[s].container for s in svc.uses]
+            self.release = release_command(name, args, image, envs, stores, parent=self)
+            after = [*after, self.release]
         self.container = hardened_container(
             name,
             ContainerSpec(
@@ -77,3 +86,35 @@ class AppService(pulumi.ComponentResource):
             pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(depends_on=after)),
         )
         self.register_outputs({"container": self.container.name, "image": image.repo_digest})
+
+
+def release_command(service: str, args: AppServiceArgs, image: docker.RemoteImage, envs: pulumi.Output[list[str]],
+                    after: list[pulumi.Resource], *, parent: pulumi.Resource) -> pulumi.Resource:
+    """The service's release command, run before every new container of the service: replaced (and so
+    run) when the image digest changes (`triggers`, a `command` resource's replacement key), and run
+    again by an update when its environment changes, since an update without an `update` script runs
+    `create` (pulumi/pulumi-command provider/pkg/provider/local/commandController.go Update: "Use
+    Create command if Update is unspecified"; remote likewise). It waits for the stores it migrates."""
+    env, release = args.env, args.env.services[service].release
+    svc = env.services[service]
+    assert release is not None
+    script = pulumi.Output.all(image.image_id, args.networks.data.name).apply(
+        lambda values: release_script(
+            args.host.docker_cli, service=service, stack=env.stack, image=values[0], network=values[1],
+            user=svc.user, cpus=svc.cpu, memory_bytes=svc.memory, tmpfs=svc.tmpfs, command=release.command))
+
+    def env_file(lines: list[str]) -> str:
+        # docker's --env-file takes one VAR=value per line; a value with a newline cannot be passed.
+        broken = [line.split("=", 1)[0] for line in lines if "\n" in line]
+        if broken:
+            raise ValueError(f"{service}: {', '.join(broken)} contain a newline; the release command cannot receive them")
+        return "".join(f"{line}\n" for line in lines)
+
+    text: pulumi.Output[str] = envs.apply(env_file)
+    stdin: pulumi.Output[str] = pulumi.Output.secret(text)  # secret whatever the values are
+    opts = pulumi.ResourceOptions(parent=parent, depends_on=[*args.host.engine_ready, image, *after])
+    name, triggers = f"{service}-release", [image.repo_digest]
+    if args.host.connection is not None:
+        return command.remote.Command(name, connection=args.host.connection, create=script, stdin=stdin,
+                                      triggers=triggers, opts=opts)
+    return command.local.Command(name, create=script, stdin=stdin, triggers=triggers, opts=opts)

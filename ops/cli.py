@@ -89,6 +89,14 @@ def docs(check: Annotated[bool, typer.Option("--check", help="Fail if the file i
 
 
 
+def _backup_app() -> typer.Typer:
+    from ops.backup import backup_app
+
+    return backup_app
+
+
+app.add_typer(_backup_app(), name="backup")
+
 deploy_app = typer.Typer(no_args_is_help=True, help="Releases through the Pulumi Automation API (ops/deploy.py).")
 app.add_typer(deploy_app, name="deploy")
 
@@ -203,3 +211,102 @@ def policy(
                    f"{mandatory} mandatory, {len(violations) - mandatory} advisory violations")
     if failed:
         raise typer.Exit(1)
+
+
+secrets_app = typer.Typer(no_args_is_help=True, help="The stack's Secrets Manager documents (ops/secrets.py).")
+app.add_typer(secrets_app, name="secrets")
+StackOpt = Annotated[str, typer.Option("--stack", help="Stack name (Pulumi.<stack>.yaml).")]
+
+
+def _secrets_env(stack: str) -> tuple[object, str]:
+    from ops import runner
+    from ops import secrets as sm
+
+    try:
+        env = sm.environment(stack)
+    except sm.SecretsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(error.code) from None
+    except ConfigError as error:
+        typer.echo(f"invalid configuration for stack {stack}:\n{error}", err=True)
+        raise typer.Exit(2) from None
+    return env, runner.region_of(runner.stack_file(stack))
+
+
+@secrets_app.command("check")
+def secrets_check(stack: StackOpt) -> None:
+    """List every referenced secret id and key and whether it exists (never a value); exit 1 if one is missing."""
+    from ops import secrets as sm
+
+    env, region = _secrets_env(stack)
+    try:
+        found = sm.check(env, region)  # type: ignore[arg-type]
+    except sm.SecretsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(error.code) from None
+    for c in found:
+        typer.echo(f"{'ok     ' if c.ok else 'MISSING'} {c.secret_id} {c.key} ({'managed' if c.managed else 'referenced'})"
+                   + ("" if c.ok else f": {c.status}"))
+    missing = sum(not c.ok for c in found)
+    typer.echo(f"{stack}: {len(found)} keys, {missing} missing")
+    if missing:
+        raise typer.Exit(1)
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(name: Annotated[str, typer.Argument(help="Managed logical secret (stores, grafana, ...).")],
+                   stack: StackOpt,
+                   key: Annotated[Optional[str], typer.Option("--key", help="Only this key of the document.")] = None) -> None:
+    """Write a new version of a managed secret and say which containers the next `up` replaces."""
+    from ops import secrets as sm
+
+    env, region = _secrets_env(stack)
+    try:
+        done = sm.rotate(env, name, region, key=key)  # type: ignore[arg-type]
+    except sm.SecretsError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(error.code) from None
+    typer.echo(f"wrote version {done.version_id} of {done.secret_id} (new: {', '.join(done.keys)})")
+    typer.echo(f"the next `up` replaces: {', '.join(done.replaced) or 'nothing'}")
+    for warning in done.warnings:
+        typer.echo(f"warning: {warning}")
+
+
+env_app = typer.Typer(no_args_is_help=True, help="From .env files to the model (ops/env.py).")
+app.add_typer(env_app, name="env")
+TreeArg = Annotated[Path, typer.Argument(help="Directory to scan for .env* files (node_modules and .git skipped).")]
+
+
+@env_app.command("audit")
+def env_audit(path: TreeArg) -> None:
+    """Every key: where it is defined, whether the values agree, which look secret (masked); exit 1 on a conflict."""
+    from ops import env as envs
+
+    try:
+        lines, conflict = envs.audit(path)
+    except envs.EnvError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None
+    typer.echo("\n".join(lines))
+    if conflict:
+        raise typer.Exit(1)
+
+
+@env_app.command("migrate")
+def env_migrate(
+    path: TreeArg, stack: StackOpt,
+    write: Annotated[bool, typer.Option("--write", help="Store the secrets and write the stack file (else a dry run).")] = False,
+    variant: Annotated[str, typer.Option("--variant", help="Which files: '' for .env, 'production' for .env.production.")] = "",
+    stack_dir: Annotated[Optional[Path], typer.Option("--stack-dir", help="Where Pulumi.<stack>.yaml is.")] = None,
+) -> None:
+    """Shared settings and per-service overrides into the stack file, secret values into Secrets Manager."""
+    from ops import env as envs
+    from ops import runner
+
+    stack_path = (stack_dir or runner.ROOT_DIR) / f"Pulumi.{stack}.yaml"
+    try:
+        for line in envs.migrate(path, stack, stack_path, write=write, variant=variant):
+            typer.echo(line)
+    except envs.EnvError as error:
+        typer.echo(str(error), err=True)
+        raise typer.Exit(2) from None

@@ -119,8 +119,10 @@ def verify(urls: list[str], deadline: float, interval: float = 2.0) -> list[str]
 # --- the engine ------------------------------------------------------------------------------
 
 @contextmanager
-def engine_errors(stack: str) -> Iterator[None]:
-    """One clear line and a documented exit code for what the CLI reports."""
+def engine_errors(stack: str, details: list[str] | None = None) -> Iterator[None]:
+    """One clear line and a documented exit code for what the CLI reports. A failed step adds, below
+    that line, the errors the engine reported per resource (`details`, filled by `resource_errors`): a
+    release command's exit code and last log lines, a container that never turned healthy."""
     try:
         yield
     except auto.ConcurrentUpdateError:
@@ -133,7 +135,21 @@ def engine_errors(stack: str) -> Iterator[None]:
             raise DeployError(NO_LOGIN, "not logged in to a Pulumi backend: run `pulumi login` "
                                         "(or set PULUMI_ACCESS_TOKEN)") from None
         line = next((x.strip() for x in text.splitlines() if x.strip().startswith("error:")), text.strip().splitlines()[-1])
-        raise DeployError(ENGINE_FAILED, f"stack {stack}: {line}") from None
+        raise DeployError(ENGINE_FAILED, "\n".join([f"stack {stack}: {line}", *(details or [])])) from None
+
+
+def resource_errors(details: list[str]) -> Callable[[auto.EngineEvent], None]:
+    """An `on_event` that keeps each error diagnostic the engine reports for a resource, as
+    `<resource>: <message>` with the message's lines indented (the CLI's own summary line says only
+    that the update failed)."""
+    def on_event(event: auto.EngineEvent) -> None:
+        diag = event.diagnostic_event
+        if diag is None or diag.severity != "error" or not diag.urn:
+            return
+        lines = diag.message.rstrip().splitlines() or [""]
+        details.append(f"  {diag.urn.rsplit('::', 1)[-1]}: {lines[0]}")
+        details.extend(f"    {line}" for line in lines[1:])
+    return on_event
 
 
 def open_stack(stack: str) -> auto.Stack:
@@ -242,11 +258,13 @@ def up(stack: str, *, image_tag: str | None = None, base_url: str | None = None,
     previous = _last_good(releases(stack))
     tag = image_tag or env.image_tag or ""
     t = time.monotonic()
+    details: list[str] = []
     try:
-        with engine_errors(stack):
+        with engine_errors(stack, details):
             if image_tag is not None:
                 handle.set_config(IMAGE_TAG_KEY, auto.ConfigValue(image_tag))
-            handle.up(message=f"{RELEASE_PREFIX}{tag} @ {_commit()}", policy_packs=_policy_packs())
+            handle.up(message=f"{RELEASE_PREFIX}{tag} @ {_commit()}", policy_packs=_policy_packs(),
+                      on_event=resource_errors(details))
     except KeyboardInterrupt:
         handle.cancel()
         echo("cancelled: the update was cancelled; the stack is unlocked")

@@ -73,12 +73,18 @@ class StrictMocks(mocks.Mocks):
         self.invokes: list[Invocation] = []
         self.violations: list[str] = []
         self.secret_values: set[str] = set(_leaves(secret_documents))
+        # What the program wrote to Secrets Manager (SecretVersion secretString, by secret ARN), for
+        # the reads that follow it, as Secrets Manager answers them.
+        self.written: dict[str, Any] = {}
 
     def call(self, args: mocks.MockCallArgs) -> dict[str, Any]:  # type: ignore[override]
         token, a = args.token, args.args
         h = digest(token, json.dumps(a, sort_keys=True, default=str))
         if token == "aws:secretsmanager/getSecretVersion:getSecretVersion":
             sid = a["secretId"]
+            if sid in self.written:
+                return {"secretString": self.written[sid], "arn": sid, "id": sid, "secretId": sid,
+                        "versionId": h[:32], "versionStages": ["AWSCURRENT"]}
             if sid not in self.secret_documents:
                 self.violations.append(f"invoke {token}: no value for secret {sid!r} in the secrets file")
                 return {}
@@ -152,6 +158,23 @@ class StrictMocks(mocks.Mocks):
                     "publicIp": f"198.51.100.{int(h[:2], 16) % 200 + 10}", "publicDns": f"ec2-{h[:6]}.compute.amazonaws.com"}
         if typ == "aws:ec2/instance:Instance":
             return {"id": f"i-{h[:17]}", "arn": arn, "privateIp": "172.31.5.10", "publicIp": "", "primaryNetworkInterfaceId": ""}
+        if typ == "aws:secretsmanager/secret:Secret":
+            # The provider's id is the secret's ARN (secretsmanager/secret.go, resourceSecretCreate).
+            sarn = f"arn:aws:secretsmanager:{self.region}:{ACCOUNT}:secret:{inputs.get('name', name)}-{h[:6]}"
+            return {"id": sarn, "arn": sarn, "tagsAll": inputs.get("tags", {})}
+        if typ == "aws:secretsmanager/secretVersion:SecretVersion":
+            sid = str(inputs.get("secretId", ""))
+            self.written[sid] = inputs.get("secretString")
+            return {"id": f"{sid}|{h[:32]}", "arn": sid, "versionId": h[:32]}
+        if typ == "aws:kms/key:Key":
+            key_id = f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+            region = inputs.get("region") or self.region
+            return {"id": key_id, "keyId": key_id, "arn": f"arn:aws:kms:{region}:{ACCOUNT}:key/{key_id}",
+                    "tagsAll": inputs.get("tags", {})}
+        if typ == "aws:s3/bucket:Bucket":
+            bucket = str(inputs.get("bucket") or f"{name}-{h[:8]}")
+            return {"id": bucket, "bucket": bucket, "arn": f"arn:aws:s3:::{bucket}", "tagsAll": inputs.get("tags", {}),
+                    "bucketDomainName": f"{bucket}.s3.amazonaws.com", "region": inputs.get("region") or self.region}
         if typ.startswith("aws:"):
             prefix = {"aws:ec2/securityGroup:SecurityGroup": "sg-", "aws:ec2/networkInterface:NetworkInterface": "eni-",
                       "aws:ebs/volume:Volume": "vol-", "aws:ec2/keyPair:KeyPair": "key-"}.get(typ, "")

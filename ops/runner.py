@@ -60,9 +60,13 @@ def stacks() -> list[str]:
 
 
 def placeholder_documents(env: Environment) -> dict[str, str]:
-    """Deterministic stand-ins for every Secrets Manager document the model references."""
+    """Deterministic stand-ins for every Secrets Manager document the model references. Managed
+    secrets are not among them: the program writes those, and reads back what it wrote."""
     keys: dict[str, set[str]] = {}
+    managed = env.managed_secrets() if env.secrets_backend == "aws-secretsmanager" else {}
     for ref in env.secret_refs():
+        if ref.secret in managed:
+            continue
         keys.setdefault(env.secrets.get(ref.secret, ref.secret), set()).add(ref.key)
     return {sid: json.dumps({k: f"placeholder-{sid}-{k}".replace("/", "-") for k in sorted(ks)}, sort_keys=True)
             for sid, ks in sorted(keys.items())}

@@ -28,6 +28,7 @@ from config.model import SecretRef
 from ops.mocks import Registration
 from ops.runner import Recording
 from ops.strict import is_secret
+from render.pgbackrest import repo_path, schedule_text
 
 REDACTED = "[secret]"
 # Known secret values shorter than this are not looked for as text (they would match anything);
@@ -164,6 +165,9 @@ def summary(rec: Recording, redactor: Redactor | None = None) -> str:
                       f"{env.gateway.webhook_max_body // 1024**2} MiB",
                       "- routes (longest prefix wins): " + ", ".join(
                           f"`{prefix}` -> {name} ({kind}, limit {limit})" for prefix, name, kind, limit in sorted(table))]
+        if comp.type.endswith(":PostgresBackup"):
+            lines.append(f"- schedule: {schedule_text(env.postgres.backup)}; repository "
+                         f"`s3://{env.host.backup_bucket}{repo_path(env.stack)}` (pgBackRest, aes-256-cbc, zst, bundled)")
         if comp.type.endswith(":SecretStore"):
             reads = sorted({i.args.get("secretId", "") for i in rec.invokes if i.token.endswith(":getSecretVersion")})
             lines.append(f"- reads from Secrets Manager: {', '.join(f'`{r}`' for r in reads) or 'nothing (generated)'}")

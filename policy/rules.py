@@ -61,6 +61,7 @@ S3_VERSIONING = "aws:s3/bucketVersioning:BucketVersioning"
 S3_PUBLIC_ACCESS_BLOCK = "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock"
 S3_POLICY = "aws:s3/bucketPolicy:BucketPolicy"
 S3_LIFECYCLE = "aws:s3/bucketLifecycleConfiguration:BucketLifecycleConfiguration"
+S3_OBJECT_LOCK = "aws:s3/bucketObjectLockConfiguration:BucketObjectLockConfiguration"
 IAM_POLICIES = frozenset({"aws:iam/policy:Policy", "aws:iam/rolePolicy:RolePolicy", "aws:iam/userPolicy:UserPolicy",
                           "aws:iam/groupPolicy:GroupPolicy"})
 
@@ -524,6 +525,17 @@ def s3_backup_lifecycle(resources: Sequence[Res]) -> Iterator[tuple[str, str]]:
             yield bucket.urn, "backup bucket without an enabled lifecycle rule: backups are kept (and paid) forever"
 
 
+def s3_backup_object_lock(resources: Sequence[Res]) -> Iterator[tuple[str, str]]:
+    for bucket in filter(is_backup_bucket, _buckets(resources)):
+        if bucket.get("objectLockEnabled") is not True:
+            yield bucket.urn, "backup bucket created without Object Lock (it can only be enabled at creation)"
+            continue
+        modes = {str(_map(_map(c.get("rule")).get("defaultRetention")).get("mode"))
+                 for c in _companions(resources, bucket, S3_OBJECT_LOCK)}
+        if not modes & {"GOVERNANCE", "COMPLIANCE"}:
+            yield bucket.urn, "backup bucket without a default Object Lock retention: a writer could delete history"
+
+
 def routed_services(resources: Sequence[Res]) -> list[Res]:
     """Service containers the gateway routes to: `com.mysaaschat.kind: web` (workers have no routes)."""
     return [c for c in _containers(resources) if labels(c).get(LABEL + "kind") == "web"]
@@ -626,6 +638,10 @@ RULES: tuple[Rule, ...] = (
          stack=s3_tls_only),
     Rule("s3-backup-lifecycle", MANDATORY, "Backup buckets expire old backups with a lifecycle rule.",
          "add an aws.s3.BucketLifecycleConfiguration with an Enabled expiration rule", stack=s3_backup_lifecycle),
+    Rule("s3-backup-object-lock", MANDATORY, "Backup buckets have Object Lock with a default retention "
+         "(governance or compliance), so whoever writes backups cannot destroy them.",
+         "object_lock_enabled=True on the aws.s3.Bucket and an aws.s3.BucketObjectLockConfiguration with "
+         "default_retention", stack=s3_backup_object_lock),
     Rule("ec2-imdsv2", MANDATORY, "EC2 instances and launch templates require IMDSv2 tokens.",
          "metadata_options=InstanceMetadataOptionsArgs(http_tokens='required')", ec2_imdsv2),
     Rule("ec2-encrypted-volumes", MANDATORY, "EBS volumes and instance block devices are encrypted.",
@@ -635,7 +651,7 @@ RULES: tuple[Rule, ...] = (
     Rule("iam-no-wildcard-action", MANDATORY, "IAM policies allow no `*` or `service:*` action, and no NotAction.",
          "list the exact actions needed", iam_no_wildcard_action),
     Rule("iam-no-wildcard-resource-write", MANDATORY, "IAM policies grant no write action on resource `*`.",
-         "scope Resource to the ARNs written (as components/host.py host_statements does)",
+         "scope Resource to the ARNs written (as render/backup_storage.py host_statements does)",
          iam_no_wildcard_resource_write),
     Rule("routed-service-healthcheck", MANDATORY, "Every routed service (com.mysaaschat.kind: web) has a healthcheck.",
          "give the service a healthcheck: the gateway and `up` rely on it", stack=routed_service_healthcheck),

@@ -64,7 +64,7 @@ _Dumper.add_representer(str, _str)
 
 
 def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_key: str, admin_user: str,
-                     admin_public_key: str) -> str:
+                     admin_public_key: str, backup_credentials: bool = False) -> str:
     volume = data_volume_id.replace("-", "")
     document = {
         "package_update": True,
@@ -130,4 +130,11 @@ def render_user_data(*, data_volume_id: str, host_private_key: str, host_public_
             ["systemctl", "enable", "--now", "unattended-upgrades"],
         ],
     }
+    if backup_credentials:  # pgBackRest in containers gets the role's credentials from the host
+        from render import pgbackrest
+        from render.contracts import TEXTFILE_HOST_DIR
+
+        document["write_files"] += pgbackrest.host_files(  # type: ignore[operator]
+            credentials_dir="/var/lib/mysaaschat/pgbackrest-credentials", textfile_dir=TEXTFILE_HOST_DIR)
+        document["runcmd"] += pgbackrest.HOST_RUNCMD  # type: ignore[operator]
     return "#cloud-config\n" + yaml.dump(document, Dumper=_Dumper, sort_keys=False, width=1000)

@@ -73,6 +73,12 @@ FRONTEND_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; style-sr
                 "base-uri 'self'; form-action 'self'; object-src 'none'")
 RATE_LIMITED_BODY = '{"error":"rate_limited","message":"too many requests, retry later"}'
 TOO_LARGE_BODY = '{"error":"payload_too_large"}'
+# How long nginx keeps an idle connection to a service for reuse: below the services' own idle
+# keepalive timeout (the drain contract, README "Releasing": at least 5 s, Node's default
+# `server.keepAliveTimeout`), so the service never closes a connection nginx is about to reuse. nginx's
+# default (60 s) loses that race: a POST sent on a connection the service has just closed is not
+# retried (proxy_next_upstream without non_idempotent) and answers 502.
+UPSTREAM_KEEPALIVE_SECONDS = 4
 
 
 def d(directive: str, *args: object, block: list[Directive] | None = None) -> Directive:
@@ -196,7 +202,8 @@ def render_nginx(env: Environment, containers: Mapping[str, str], layout: Layout
     ]
     for name in routed:
         svc = routed[name]
-        http.append(d("upstream", name, block=[d("server", f"{containers[name]}:{svc.port}"), d("keepalive", "32")]))
+        http.append(d("upstream", name, block=[d("server", f"{containers[name]}:{svc.port}"), d("keepalive", "32"),
+                                                d("keepalive_timeout", f"{UPSTREAM_KEEPALIVE_SECONDS}s")]))
     health = d("location", "=", GATEWAY_HEALTH, block=[d("access_log", "off"), d("default_type", "text/plain"),
                                                      d("return", "200", "ok")])
     http.append(d("server", block=[

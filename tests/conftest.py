@@ -112,3 +112,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 _BEFORE = pytest.StashKey[set[str] | None]()
+
+
+# --- Counts: the zero-downtime and rollback tests report their request counts in the test output ---
+
+COUNTS = "counts"  # a test calls record_property(COUNTS, {...}); xdist carries it to the controller
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    lines = [f"{report.nodeid}: {value}"
+             for reports in terminalreporter.stats.values() for report in reports
+             if getattr(report, "when", None) == "call"
+             for name, value in getattr(report, "user_properties", []) if name == COUNTS]
+    if lines:
+        terminalreporter.write_sep("-", "request counts")
+        for line in sorted(lines):
+            terminalreporter.write_line(line)

@@ -472,6 +472,20 @@ INVALID: list[Case] = [
     ("secret-arn", stack("secrets.app", "arn:aws:secretsmanager:eu-west-1:123456789012:secret:prod/app"), S,
      "secrets.app", "ARN"),
     ("secret-name-space", stack("secrets.app", "prod/my app"), S, "secrets.app", "Secrets Manager secret name"),
+
+    # Managed secrets and the backup bucket.
+    ("generated-unreferenced", stack("generated_secrets", ["nosuch"]), S, "generated_secrets.0", "not referenced"),
+    ("generated-registry", stack("generated_secrets", ["registry"]), S, "generated_secrets.0", "cannot be generated"),
+    ("managed-unknown-key", cat("services.auth-service.secrets.JWT_SECRET", {"secret": "stores", "key": "x"}), C,
+     "services.auth-service.secrets.JWT_SECRET", "there is no 'x'"),
+    ("generated-always", both(cat("services.auth-service.secrets.JWT_SECRET", {"secret": "stores", "key": "redis_password"}),
+                              stack("generated_secrets", ["stores"])), S, "generated_secrets.0", "always generated"),
+    ("backup-lock-over-retention", stack("backup_storage", {"retention_days": 7, "lock_days": 30}), S,
+     "backup_storage", "exceeds retention_days"),
+    ("backup-replica-same-region", stack("backup_storage", {"replica_region": "eu-west-1"}), S,
+     "backup_storage.replica_region", "stack's own region"),
+    ("backup-storage-on-local", local(stack("backup_storage", {"retention_days": 7, "lock_days": 7})), L,
+     "backup_storage", "host.backup_bucket"),
 ]
 
 VALID: list[tuple[str, Mut, Callable[[Environment], object] | None]] = [
@@ -556,6 +570,9 @@ VALID: list[tuple[str, Mut, Callable[[Environment], object] | None]] = [
     ("local-tcp-endpoint", local(stack("host.docker_host", "tcp://127.0.0.1:2376")), None),
     ("yaml-merge-key", text("stack", lambda t: t.replace("config:\n", "x-limits: &limits {cpu: 1.0}\nconfig:\n", 1).replace(
         "    chat-service:\n", "    chat-service:\n      <<: *limits\n", 1)), None),
+    ("generated-app", stack("generated_secrets", ["app"]), lambda env: env.managed_secrets()["app"]),
+    ("managed-id-named", stack("secrets.stores", "prod/db/passwords"),
+     lambda env: env.secret_id("stores") == "prod/db/passwords"),
     ("long-healthcheck", both(stack("services.chat-service.healthcheck", {"interval": "1m30s", "timeout": "10s",
                                                                           "start_period": "2m", "retries": 5}),
                               stack("services.chat-service.deploy_timeout_seconds", 600)), None),

@@ -11,7 +11,7 @@ import json
 import os
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from ops import deploy
-from tests.conftest import ROOT
+from tests.conftest import COUNTS, ROOT
 
 FAKE = ROOT / "tests" / "fake_pulumi"
 URN = "urn:pulumi:prod::my-saas-chat::"
@@ -118,15 +118,20 @@ def test_a_verified_release_records_its_tag_and_commit(fake: Path, endpoint: tup
     assert (release.version, release.image_tag, release.result) == (1, "2026.11.26-aaaaaaa", "succeeded")
 
 
-def test_a_release_that_fails_verification_is_rolled_back(fake: Path, endpoint: tuple[str, dict[str, int]]) -> None:
+def test_a_release_that_fails_verification_is_rolled_back(fake: Path, endpoint: tuple[str, dict[str, int]],
+                                                           record_property: Callable[[str, object], None]) -> None:
     url, status = endpoint
     history(fake, "2026.11.20-0000001", "2026.11.24-3f9c2ab")
     status["code"] = 503
     lines: list[str] = []
     code = deploy.up("prod", image_tag="2026.11.26-bbbbbbb", base_url=url, echo=lines.append, deadline=1.5)
-    assert code == deploy.VERIFY_FAILED
     ups = [c for c in calls(fake) if c[0] == "up"]
-    assert len(ups) == 2
+    counts = json.dumps({"verification_requests": status["hits"], "answered": status["code"], "ups": len(ups),
+                         "exit_code": code, "phases": [line.split(":")[0] for line in lines]})
+    record_property(COUNTS, counts)
+    assert code == deploy.VERIFY_FAILED, counts
+    assert status["hits"] >= len(deploy.verification_urls(deploy.validate("prod"), url)), counts
+    assert len(ups) == 2, counts
     assert ups[1][ups[1].index("--message") + 1].startswith("rollback to 2026.11.24-3f9c2ab")
     sets = [c[-1] for c in calls(fake) if c[:2] == ["config", "set"]]
     assert sets == ["2026.11.26-bbbbbbb", "2026.11.24-3f9c2ab"]
@@ -151,6 +156,35 @@ def test_engine_failures_end_with_one_line_and_their_exit_code(fake: Path, outco
     with pytest.raises(deploy.DeployError) as error:
         deploy.up("prod", image_tag="2026.11.26-ddddddd", echo=lambda _: None, deadline=1)
     assert error.value.code == code and message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_failed_migration_reports_its_exit_code_and_last_log_lines_and_rolls_nothing_back(
+        fake: Path, endpoint: tuple[str, dict[str, int]]) -> None:
+    """The engine reports the release command's failure as a diagnostic on its resource (the text
+    pulumi-command returns, components/container.py release_script); the driver keeps it below its
+    one line. No verification and no rollback: the old containers never stopped serving."""
+    url, status = endpoint
+    history(fake, "2026.11.24-3f9c2ab")
+    urn = f"{URN}my-saas-chat:service:AppService$command:remote:Command::billing-service-release"
+    message = ("exit status 3: running \"log=$(mktemp) ...\":\nrelease command of billing-service (npx prisma migrate "
+               "deploy) failed with exit code 3; last 20 log lines:\nmigration 0030_step applied\n"
+               "Error: P3018 migration 0031_add_index failed to apply\n")
+    queue(fake, up=[{"result": "failed", "events": [
+        step("create-replacement", "billing-service-release", typ="command:remote:Command",
+             parent="AppService::billing-service", diffs=["triggers"]),
+        {"diagnosticEvent": {"urn": urn, "message": message, "color": "never", "severity": "error"}},
+        {"diagnosticEvent": {"message": "update failed", "color": "never", "severity": "error"}}]}])
+    with pytest.raises(deploy.DeployError) as error:
+        deploy.up("prod", image_tag="2026.11.26-eeeeeee", base_url=url, echo=lambda _: None, deadline=1)
+    text = str(error.value)
+    assert error.value.code == deploy.ENGINE_FAILED
+    lines = text.splitlines()
+    assert lines[0].startswith("stack prod: ") and lines[0].endswith("error: update failed")
+    assert lines[1] == '  billing-service-release: exit status 3: running "log=$(mktemp) ...":'
+    assert "    release command of billing-service (npx prisma migrate deploy) failed with exit code 3; " \
+           "last 20 log lines:" in lines
+    assert lines[-1] == "    Error: P3018 migration 0031_add_index failed to apply"
+    assert status["hits"] == 0 and len([c for c in calls(fake) if c[0] == "up"]) == 1
 
 
 @pytest.mark.parametrize("tag", ["latest", "LATEST", "main", " "])

@@ -178,3 +178,19 @@ def test_a_route_change_rewrites_the_files_and_reloads_but_keeps_the_gateway(tmp
     assert by_name(before, "gateway-files").inputs["uploads"] != by_name(after, "gateway-files").inputs["uploads"]
     assert by_name(before, "gateway-reload").inputs["triggers"] != by_name(after, "gateway-reload").inputs["triggers"]
     assert "/api/reports" in recorded_conf(after) and "/api/reports" not in recorded_conf(before)
+
+
+# The services' drain contract (README, "Releasing"): an idle keepalive connection is kept at least
+# this long by a service (Node's default `server.keepAliveTimeout`; tests/engine/images/stub follows it).
+SERVICE_IDLE_KEEPALIVE_SECONDS = 5
+
+
+def test_nginx_drops_an_idle_upstream_connection_before_the_service_does(rec: Recording, tmp_path: Path) -> None:
+    """Otherwise nginx may reuse a connection the service is closing: a POST on it is not retried and
+    answers 502 (nginx's default upstream keepalive_timeout is 60 s)."""
+    http = one(parse(recorded_conf(rec), tmp_path), "http")["block"]
+    upstreams = find(http, "upstream")
+    assert upstreams and len(upstreams) == len(container_names(rec))
+    for upstream in upstreams:
+        timeout = one(upstream["block"], "keepalive_timeout")["args"][0]
+        assert timeout.endswith("s") and int(timeout[:-1]) < SERVICE_IDLE_KEEPALIVE_SECONDS, upstream

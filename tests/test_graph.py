@@ -19,9 +19,10 @@ def _lifecycle(reg: Registration) -> str:
 
 
 def containers(rec: Recording) -> list[Registration]:
-    """The containers that run (services, stores, the gateway), not the never-started seeds."""
+    """The containers that run (services, stores, the gateway, the backup scheduler where the stack has a
+    repository), not the never-started seeds."""
     found = [r for r in rec.resources.values() if r.type == CONTAINER and _lifecycle(r) != "seed"]
-    assert len(found) == len(rec.env.services) + len(STORES) + 1
+    assert len(found) == len(rec.env.services) + len(STORES) + 1 + (rec.env.host.backup_bucket is not None)
     return found
 
 
@@ -50,7 +51,7 @@ def test_seeds_never_run_and_hold_no_privilege(rec: Recording) -> None:
         seed = next(s for s in seeds(rec) if s.name == f"{store.name}-files")
         assert seed.urn in store.dependencies, store.name  # the files exist before the store starts
         seeded = {v["volumeName"] for v in seed.inputs["volumes"]}
-        mounted = {v["volumeName"]: v for v in store.inputs["volumes"]}
+        mounted = {v["volumeName"]: v for v in store.inputs["volumes"] if "volumeName" in v}
         assert seeded <= set(mounted) and all(mounted[v]["readOnly"] for v in seeded), store.name
 
 
@@ -131,7 +132,13 @@ def test_data_stores_sit_only_on_the_internal_data_network(rec: Recording) -> No
     for c in containers(rec):
         attached = [by_name[n["name"]] for n in c.inputs["networksAdvanced"]]
         if c.name in STORES:
-            assert [n.name for n in attached] == ["net-data"] and attached[0].inputs["internal"] is True
+            # Postgres with a backup repository also reaches S3 (archive_command runs in it), through a
+            # network of its own that only its scheduler shares (components/backup.py).
+            backups = c.name == "postgres" and rec.env.host.backup_bucket is not None
+            assert [n.name for n in attached] == ["net-data", *(["postgres-backup-net"] if backups else [])], c.name
+            assert attached[0].inputs["internal"] is True
+        if any(n.name == "postgres-backup-net" for n in attached):
+            assert c.name in ("postgres", "postgres-backup"), c.name
         svc = rec.env.services.get(c.name)
         if svc is not None:
             assert ("net-egress" in [n.name for n in attached]) == svc.needs_egress, c.name
@@ -237,11 +244,12 @@ def test_host_wave_depth_fits_the_target() -> None:
 
     rec = recording("prod")
     result = waves(rec)
-    # Eleven steps: the seed containers (a create and an upload, no start) sit between the volumes
-    # and the stores; the gateway's seed, the gateway and its reload follow the services (the
-    # config names their containers). What takes time is waiting for health: stores, then services,
-    # then the gateway (nginx answers /healthz within a second of starting).
-    assert len(result) <= 11
+    # Twelve steps: the seed containers (a create and an upload, no start) sit between the volumes
+    # and the stores; the release commands (migrations) between the stores and the services that
+    # run them; the gateway's seed, the gateway and its reload follow the services (the config names
+    # their containers). What takes time is waiting for health: stores, then services, then the
+    # gateway (nginx answers /healthz within a second of starting); and the migrations themselves.
+    assert len(result) <= 12
     # Along any dependency chain, at most three health waits follow one another.
     memo: dict[str, int] = {}
 
@@ -264,11 +272,23 @@ def test_host_role_is_least_privilege() -> None:
     role = next(r for r in rec.resources.values() if r.type == "aws:iam/role:Role")
     assert json.loads(role.inputs["assumeRolePolicy"])["Statement"][0]["Principal"] == {"Service": "ec2.amazonaws.com"}
     assert "inlinePolicies" not in role.inputs  # deprecated in pulumi-aws 7; a RolePolicy instead
-    [policy] = [r for r in rec.resources.values() if r.type == "aws:iam/rolePolicy:RolePolicy"]
+    policies = [r for r in rec.resources.values() if r.type == "aws:iam/rolePolicy:RolePolicy"
+                and role.urn in r.property_dependencies.get("role", [])]
+    [policy] = policies  # components/backup.py grants the backup prefix; host.py grants nothing else
     statements = json.loads(policy.inputs["policy"])["Statement"]
-    # The host writes its backup prefix and nothing else: secrets are read at `up` by the operator.
-    assert statements == [{"Action": ["s3:PutObject"], "Effect": "Allow",
-                           "Resource": ["arn:aws:s3:::mysaaschat-backups/prod/*"]}]
+    # The host reads, writes and lists its backup prefix, uses the bucket's key, and deletes nothing:
+    # secrets are read at `up` by the operator.
+    key = next(r for r in rec.resources.values() if r.name == "backup-key")
+    assert statements == [
+        {"Action": ["s3:GetObject", "s3:PutObject"], "Effect": "Allow",
+         "Resource": ["arn:aws:s3:::mysaaschat-backups/prod/*"]},
+        {"Action": ["s3:ListBucket"], "Condition": {"StringLike": {"s3:prefix": ["prod/*"]}}, "Effect": "Allow",
+         "Resource": ["arn:aws:s3:::mysaaschat-backups"]},
+        {"Action": ["kms:Decrypt", "kms:GenerateDataKey"], "Effect": "Allow",
+         "Resource": [statements[2]["Resource"][0]]}]
+    assert statements[2]["Resource"][0].startswith("arn:aws:kms:eu-west-1:123456789012:key/")
+    assert key.urn in policy.property_dependencies["policy"]
+    assert not any("Delete" in a for st in statements for a in st["Action"])
     assert not role.inputs.get("managedPolicyArns")
 
 
@@ -314,3 +334,61 @@ def test_depends_on_orders_one_service_after_another(tmp_path: Any) -> None:
     by_name = {r.name: r for r in rec.resources.values() if r.type == CONTAINER and r.name in rec.env.services}
     assert by_name["auth-service"].urn in by_name["api-gateway"].dependencies
     assert not any(by_name["api-gateway"].urn in r.dependencies for r in by_name.values())
+
+
+def releases(rec: Recording) -> dict[str, Registration]:
+    return {r.name.removesuffix("-release"): r for r in rec.resources.values()
+            if r.type.startswith("command:") and r.name.endswith("-release")}
+
+
+def test_a_release_command_runs_in_the_new_image_before_the_new_container(rec: Recording) -> None:
+    """Each service with a `release` command: its command resource depends on the service's image,
+    the stores it uses and the data network; the service's container depends on it (so the engine
+    starts the new container only after the command succeeded); it is replaced, so run again, when
+    the image digest changes (`triggers`, replaced on change), and its environment travels secret on
+    standard input, never on the command line."""
+    found = releases(rec)
+    assert set(found) == {n for n, s in rec.env.services.items() if s.release}
+    assert found, "the catalog declares release commands (Prisma migrations)"
+    by_urn = rec.resources
+    for name, release in found.items():
+        svc = rec.env.services[name]
+        assert release.type == ("command:remote:Command" if rec.env.host.kind == "ec2" else "command:local:Command")
+        container = next(c for c in containers(rec) if c.name == name)
+        image = next(r for r in rec.resources.values() if r.name == f"{name}-image")
+        assert release.urn in container.dependencies, name
+        assert image.urn in release.dependencies, name
+        stores = {by_urn[d].name for d in release.dependencies if by_urn[d].type == CONTAINER}
+        assert stores == set(svc.uses), name  # stores healthy first; never the service's own containers
+        assert release.inputs["triggers"] == [image.inputs["name"].split(":")[0].split("@")[0] + "@"
+                                              + release.inputs["triggers"][0].split("@")[1]]
+        assert "triggers[*]" in release.replace_on_changes
+        script = release.inputs["create"]
+        words = script.split("\n")[1].split(" ")
+        at = words.index("run")
+        assert words[at + 1:at + 3] == ["--rm", "--init"]
+        assert words[words.index("--network") + 1] == f"mysaaschat-{rec.stack}-data"
+        assert words[words.index("--user") + 1] == svc.user and "--read-only" in words
+        assert words[words.index("--cap-drop") + 1] == "ALL"
+        assert words[words.index("--security-opt") + 1] == "no-new-privileges:true"
+        assert words[words.index("--env-file") + 1] == "/dev/stdin"
+        image_id = words[words.index("/dev/stdin") + 1]
+        command = svc.release.command if svc.release else []
+        assert image_id.startswith("sha256:") and words[words.index(image_id) + 1:][:len(command)] == command
+        assert plain(release.inputs["stdin"]) != release.inputs["stdin"]  # secret
+        secrets = {v for v in rec.secret_values if len(v) >= 8}
+        assert not any(s in script for s in secrets), name
+        assert 'exit "$code"' in script and "tail -n 20" in script
+
+
+def test_the_release_command_is_ordered_in_the_creation_waves() -> None:
+    """The release wave sits between the stores' health wait and the services' (bench.waves)."""
+    from bench.waves import waves
+    from tests.conftest import recording
+
+    rec = recording("local")
+    result = waves(rec)
+    wave_of = {entry.split(" ", 1)[1]: i for i, wave in enumerate(result) for entry in wave}
+    for name in releases(rec):
+        assert wave_of[f"{name}-release"] < wave_of[name], (name, result)
+        assert wave_of["postgres"] < wave_of[f"{name}-release"], (name, result)

@@ -54,7 +54,11 @@ PROTECT = pulumi.ResourceOptions(protect=True)
 
 def bucket(name: str, *, skip: str = "", public: bool = False, protect: bool = True) -> aws.s3.Bucket:
     """A bucket with every companion the S3 rules ask for, less `skip`."""
-    b = aws.s3.Bucket(name, bucket=f"mysaaschat-{name}", opts=pulumi.ResourceOptions(protect=protect))
+    b = aws.s3.Bucket(name, bucket=f"mysaaschat-{name}", object_lock_enabled=skip != "lock-at-creation",
+                      opts=pulumi.ResourceOptions(protect=protect))
+    if skip not in ("lock", "lock-at-creation"):
+        aws.s3.BucketObjectLockConfiguration(f"{name}-lock", bucket=b.id, rule=aws.s3.BucketObjectLockConfigurationRuleArgs(
+            default_retention=aws.s3.BucketObjectLockConfigurationRuleDefaultRetentionArgs(mode="GOVERNANCE", days=30)))
     if skip != "encryption":
         aws.s3.BucketServerSideEncryptionConfiguration(f"{name}-sse", bucket=b.id, rules=[
             aws.s3.BucketServerSideEncryptionConfigurationRuleArgs(
@@ -204,6 +208,8 @@ CASES: dict[str, tuple[Callable[[], object], set[str]]] = {
     "s3-public-access-block": (_s3("", public=True), {"bad-backups"}),
     "s3-tls-only": (_s3("tls"), {"bad-backups"}),
     "s3-backup-lifecycle": (_s3("lifecycle"), {"bad-backups"}),
+    "s3-backup-object-lock": (lambda: (_s3("lock")(), bucket("nolock-backups", skip="lock-at-creation")),
+                              {"bad-backups", "nolock-backups"}),
     "ec2-imdsv2": (lambda: (instance("ok", "required"), instance("bad", "optional")), {"bad"}),
     "ec2-encrypted-volumes": (lambda: (
         instance("ok", "required"), instance("bad", "required", encrypted=False),
@@ -382,8 +388,10 @@ def test_the_command_prints_each_violation_and_fails_on_a_mandatory_one(monkeypa
     result = CliRunner().invoke(app, ["policy", "prod"])
     assert result.exit_code == 0, result.output
     resources = len(recording("prod").resources)
-    assert f"prod: {resources} resources, 28 rules: 0 mandatory, 10 advisory violations" in result.output
-    assert "ADVISORY store-backup: urn:pulumi:prod::my-saas-chat::my-saas-chat:data:Postgres$" in result.output
+    assert f"prod: {resources} resources, {len(rules.RULES)} rules: 0 mandatory, 9 advisory violations" in result.output
+    # Postgres is backed up (its scheduler carries com.mysaaschat.backup-of=postgres); Redis is not yet.
+    assert "ADVISORY store-backup: urn:pulumi:prod::my-saas-chat::my-saas-chat:data:Redis$" in result.output
+    assert "ADVISORY store-backup: urn:pulumi:prod::my-saas-chat::my-saas-chat:data:Postgres$" not in result.output
 
     real = checker.evaluate
 

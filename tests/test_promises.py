@@ -19,10 +19,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from components import pgbackrest as backup
 from config import service_env
 from config.checks import go_duration_ns
 from ops.mocks import Registration
 from ops.runner import Recording
+from render import pgbackrest as pbr
 from render.cloud_init import render_user_data
 from tests.conftest import recording
 from tests.test_graph import plain
@@ -227,10 +229,13 @@ def test_stores_keep_their_identity_and_their_files(rec: Recording) -> None:
 
 def test_fixed_name_volumes_replace_delete_first_and_data_is_kept(rec: Recording) -> None:
     volumes = of_type(rec, "docker:index/volume:Volume")
-    assert len(volumes) == 2 * len(STORES) + 1  # data and secrets per store, the gateway's config
+    backups = rec.env.host.backup_bucket is not None
+    # data and secrets per store, the gateway's config; with backups Postgres's shared socket directory
+    assert len(volumes) == 2 * len(STORES) + 1 + backups
     for v in volumes:
         assert v.delete_before_replace is True, v.name  # a second volume with one name cannot exist
-        assert (v.protect, v.retain_on_delete) == ((True, True) if v.name.endswith("-data") else (False, False)), v.name
+        kept = v.name.endswith("-data") or (backups and v.name == "postgres-run")  # a store writes both
+        assert (v.protect, v.retain_on_delete) == ((True, True) if kept else (False, False)), v.name
 
 
 def test_postgres_runs_with_the_models_settings(rec: Recording) -> None:
@@ -239,9 +244,12 @@ def test_postgres_runs_with_the_models_settings(rec: Recording) -> None:
     command = i["command"]
     assert command[0] == "postgres"
     settings = dict(command[j + 1].split("=", 1) for j in range(1, len(command), 2) if command[j] == "-c")
+    archiving = (pbr.postgres_settings(spec.backup, backup.runtime(spec))
+                 if rec.env.host.backup_bucket is not None else {})
     assert settings == {"shared_buffers": f"{spec.shared_buffers // MiB}MB",
                         "effective_cache_size": f"{spec.effective_cache_size // MiB}MB",
-                        "max_connections": str(spec.max_connections), "password_encryption": "scram-sha-256"}
+                        "max_connections": str(spec.max_connections), "password_encryption": "scram-sha-256",
+                        **archiving}
     env = dict(e.split("=", 1) for e in i["envs"])
     assert env["POSTGRES_USER"] == spec.user and env["POSTGRES_DB"] == spec.database
     # Password auth on loopback and the socket too, so the healthcheck proves the password.

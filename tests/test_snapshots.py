@@ -51,7 +51,8 @@ def test_cli_synth_is_byte_identical_and_honours_the_secrets_file(tmp_path: Path
                                 "secret_key": "sk_live_abcdefgh", "webhook_secret": "whsec_abcdefgh",
                                 "api_key": "sk-openai-abcdefgh", "dsn": "https://k@sentry.example/1",
                                 "url": "smtp://user:pass@smtp.example:587",
-                                "username": "deploy-bot", "password": "ghp_" + "t" * 36})
+                                "username": "deploy-bot", "password": "ghp_" + "t" * 36,
+                                "passphrase": "backup-passphrase-" + "p" * 24})
                for sid in recording("staging").env.secrets.values()}
     (tmp_path / "s.json").write_text(json.dumps(secrets))
     cmd = [sys.executable, "-m", "ops", "synth", "staging", "--secrets-file", str(tmp_path / "s.json"), "--out"]
@@ -114,7 +115,12 @@ def test_an_image_change_replaces_only_that_service_start_first(tmp_path: Path) 
         return json.dumps(rec.resources[urn].inputs, sort_keys=True)
 
     changed = sorted(u.rsplit("::", 1)[1] for u in before.resources if inputs(before, u) != inputs(after, u))
-    assert changed == ["chat-service", "chat-service-image"]
+    assert changed == ["chat-service", "chat-service-image", "chat-service-release"]
+    # The release command (migrations) is replaced, so it runs again, in the new image: its trigger
+    # is the image digest, and `triggers` replaces a command on change.
+    urn = next(u for u in before.resources if u.endswith("::chat-service-release"))
+    assert before.resources[urn].inputs["triggers"] != after.resources[urn].inputs["triggers"]
+    assert "triggers[*]" in after.resources[urn].replace_on_changes
     container = next(r for r in after.resources.values() if r.name == "chat-service" and r.custom)
     # The container's image id changes, which Docker can only apply by replacement. Without
     # deleteBeforeReplace Pulumi creates the new one first; wait=True holds `up` until it is
@@ -124,10 +130,22 @@ def test_an_image_change_replaces_only_that_service_start_first(tmp_path: Path) 
 
 
 def test_cli_refuses_an_incomplete_secrets_file_with_exit_2(tmp_path: Path) -> None:
-    (tmp_path / "s.json").write_text(json.dumps({"staging/my-saas-chat/app": {"jwt_secret": "x"}}))
+    (tmp_path / "s.json").write_text(json.dumps({"staging/my-saas-chat/stripe": {"secret_key": "x"}}))
     result = subprocess.run([sys.executable, "-m", "ops", "synth", "staging", "--secrets-file", str(tmp_path / "s.json"),
                              "--out", str(tmp_path / "o")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2
-    assert "staging/my-saas-chat/app.encryption_key: missing" in result.stderr
-    assert "staging/my-saas-chat/stripe: missing" in result.stderr
+    assert "staging/my-saas-chat/stripe.webhook_secret: missing" in result.stderr
+    assert "staging/my-saas-chat/openai: missing" in result.stderr
+    # staging generates `app` (generated_secrets): the program writes it, a secrets file need not hold it.
+    assert "staging/my-saas-chat/app" not in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("stack", ["prod", "staging", "local"])
+def test_no_input_depends_on_where_the_checkout_lives(tmp_path: Path, stack: str) -> None:
+    # An absolute path of this checkout in an input (a build context, a file source) would make every
+    # `up` from another directory (CI, a laptop) a change, and the snapshots differ per machine.
+    synth.write(recording(stack), tmp_path / stack)
+    leaks = [str(path.relative_to(tmp_path)) for path in (tmp_path / stack).rglob("*")
+             if path.is_file() and str(ROOT) in path.read_text(errors="replace")]
+    assert not leaks, f"{ROOT} appears in: {', '.join(leaks)}"

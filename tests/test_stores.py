@@ -7,12 +7,13 @@ directory) in its own process group, which is stopped whole, whatever the test's
 from __future__ import annotations
 
 import re
+import shlex
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
@@ -99,7 +100,7 @@ def postgres() -> Iterator[tuple[Recording, int, Path]]:
         # What the image's entrypoint runs: initdb with POSTGRES_INITDB_ARGS, then the container's command.
         subprocess.run([*as_pg, str(bindir / "initdb"), "-D", str(base / "data"), "-U", env["POSTGRES_USER"],
                         f"--pwfile={base / 'pw'}", *env["POSTGRES_INITDB_ARGS"].split()], check=True, capture_output=True)
-        settings = " ".join(i["command"][1:])
+        settings = shlex.join(i["command"][1:])  # pg_ctl -o goes through a shell; archive_command has spaces
         subprocess.run([*pg_ctl, "-w", "-l", str(base / "log"), "-o",
                         f"-p {port} -k {base} -c listen_addresses=127.0.0.1 {settings}", "start"],
                        check=True, capture_output=True)
@@ -132,5 +133,8 @@ def test_the_derived_database_url_logs_in_and_the_settings_are_in_force(postgres
     schema = re.search(r"[?&]schema=([^&]+)", full).group(1)  # type: ignore[union-attr]
     assert _psql([url], f"CREATE SCHEMA {schema}; SELECT current_schemas(false)").returncode == 0
     # A wrong password is refused, and so is the local socket without one (the healthcheck proves it).
-    assert _psql([url.replace(password(rec, "postgres"), "wrong-password")], "SELECT 1").returncode != 0
+    # The URL carries the password percent-encoded (whatever characters it has).
+    wrong = url.replace(f":{quote(password(rec, 'postgres'), safe='')}@", ":wrong-password@")
+    assert wrong != url
+    assert _psql([wrong], "SELECT 1").returncode != 0
     assert _psql(["-h", str(base), "-p", str(port), "-U", spec.user, "-d", spec.database], "SELECT 1").returncode != 0

@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import secrets
 import shlex
+import shutil
 import subprocess
 import tarfile
 import tempfile
@@ -56,6 +57,8 @@ TLS_KEY = "tls:index/privateKey:PrivateKey"
 TLS_CERT = "tls:index/selfSignedCert:SelfSignedCert"
 STORES = ("postgres", "redis", "rabbitmq")
 HOST_DOCKER = "unix:///var/run/docker.sock"  # what the local stack's reload command talks to
+COMMANDS = ("command:local:Command", "command:remote:Command")
+RECORDED_DOCKER_CLI = "docker -H unix:///var/run/docker.sock"  # the local stack's host.docker_cli
 
 
 class ReplayError(Exception):
@@ -101,8 +104,10 @@ class Replay:
     on_wait: Callable[[str], None] | None = None
     # Recorded host port -> (host address, host port) it is published on here; None: no gateway.
     publish: Mapping[int, tuple[str, int]] | None = None
-    docker_host: str | None = None  # this engine's socket, for the recorded reload command
+    # The engine's socket, for the recorded commands' docker CLI (release commands, the gateway's reload).
+    docker_host: str | None = None
     realised: dict[str, str] = field(default_factory=dict)  # mock provider output -> real value
+    release_output: dict[str, str] = field(default_factory=dict)  # service -> its release command's output
 
     def _event(self, event: str, name: str) -> None:
         self.events.append((time.time(), event, name))
@@ -116,11 +121,12 @@ class Replay:
     def order(self) -> list[Registration]:
         """Docker resources in dependency order (the engine walks the same graph)."""
         docker_types = (NETWORK, VOLUME, CONTAINER)
+        releases = {r.urn for r in self.recording.resources.values() if r.type in COMMANDS and r.name.endswith("-release")}
         # The gateway (its config volume, seed and container) only with somewhere to publish it.
         gateway = set() if self.publish is not None else {
             r.urn for r in self.recording.resources.values() if r.type == GATEWAY}
         regs = {r.urn: r for r in self.recording.resources.values()
-                if r.type in docker_types and r.parent not in gateway}
+                if (r.type in docker_types and r.parent not in gateway) or r.urn in releases}
         done: list[Registration] = []
         seen: set[str] = set()
 
@@ -184,6 +190,8 @@ class Replay:
             self.network(reg)
         elif reg.type == VOLUME:
             self.volume(reg)
+        elif reg.type in COMMANDS:
+            self.release(reg)
         else:
             return self.create(reg)
         return None
@@ -329,6 +337,42 @@ class Replay:
         assert self.docker_host, "a Replay that runs commands needs docker_host"
         return subprocess.run(["sh", "-c", script.replace(f"-H {HOST_DOCKER}", f"-H {shlex.quote(self.docker_host)}")],
                               capture_output=True, text=True, timeout=60, check=False)
+
+    def release(self, reg: Registration, *, image: str | None = None, extra_env: Mapping[str, str] | None = None) -> str:
+        """A service's release command, as pulumi-command's local Command runs it: the recorded `create`
+        script under `/bin/sh -c`, the recorded `stdin` on its standard input, and a non-zero exit is
+        the resource's error, `<exit status>: running "<script>":\n<output>` (pulumi/pulumi-command
+        provider/pkg/provider/local/commandOutputs.go run). Only two things are mapped: the docker CLI
+        to this engine's socket, and the recorded image id to the stand-in image. `extra_env` adds
+        lines to the environment on stdin (a test's cue)."""
+        i = plain(reg.inputs)
+        if not self.docker_host:
+            raise ReplayError(reg.name, "command", "no docker_host: the replay needs the engine's socket to run it")
+        cli = "/usr/bin/docker" if shutil.which("/usr/bin/docker") else (shutil.which("docker") or "docker")
+        script = str(i["create"])
+        recorded_image = next(w for w in script.split() if w.startswith("sha256:"))
+        script = script.replace(RECORDED_DOCKER_CLI, f"{cli} -H {self.docker_host}").replace(
+            recorded_image, image or self.image_for(reg))
+        stdin = str(i.get("stdin", "")) + "".join(f"{k}={v}\n" for k, v in (extra_env or {}).items())
+        service = reg.name.removesuffix("-release")
+        self._event("release started", service)
+        result = subprocess.run(["/bin/sh", "-c", script], input=stdin, capture_output=True, text=True, timeout=300)
+        output = result.stdout + result.stderr
+        self.release_output[service] = output
+        if result.returncode != 0:
+            self._event("release failed", service)
+            raise ReplayError(reg.name, "create", f"exit status {result.returncode}: running {script!r}:\n{output}")
+        self._event("release done", service)
+        return output
+
+    def release_then_replace(self, name: str, *, image: str, extra_env: Mapping[str, str] | None = None) -> Live:
+        """An image change of a service with a release command, in the engine's order: the command is
+        replaced (its trigger, the image digest, changed) and runs first; the container, which depends
+        on it, is replaced only if it succeeded. A failure leaves every container as it was."""
+        release = next(r for r in self.recording.resources.values()
+                       if r.type in COMMANDS and r.name == f"{name}-release")
+        self.release(release, image=image, extra_env=extra_env)
+        return self.replace(name, image=image)
 
     def wait_healthy(self, live: Live, timeout: float) -> float:
         """container_funcs `wait`: poll the health status until healthy; an error after wait_timeout."""

@@ -438,11 +438,14 @@ def test_stub_health_and_start_delay_from_env(launcher: Launcher, engine_images:
 
 
 def test_stub_drains_in_flight_requests_on_sigterm(launcher: Launcher, engine_images: dict[str, str]) -> None:
+    """The drain contract (README, "Releasing"): on SIGTERM, SSE streams end at once with `retry:`,
+    health turns 503, and it keeps accepting and serving (Connection: close) for the drain delay;
+    then no new connection, the in-flight request finishes, exit 0."""
     s = start_stub(launcher, engine_images, STUB_SSE_MS="100")
     results: dict[str, Any] = {}
 
     def slow() -> None:
-        results["slow"] = http(s.ip, "/slow?ms=2500", timeout=15)
+        results["slow"] = http(s.ip, "/slow?ms=4000", timeout=15)
 
     def sse() -> None:
         with urllib.request.urlopen(f"http://{s.ip}:3000/sse", timeout=15) as resp:
@@ -453,17 +456,25 @@ def test_stub_drains_in_flight_requests_on_sigterm(launcher: Launcher, engine_im
         t.start()
     wait_for(lambda: "stub_http_in_flight_requests 3" in http(s.ip, "/metrics")[1], 5, "two requests in flight")
     s.container.kill(signal="SIGTERM")  # what `docker stop` sends first; the init forwards it to node
-    time.sleep(0.5)
-    # Draining: no new connections, but the slow request is still being served.
+    sigterm = time.monotonic()
+    threads[1].join(timeout=5)
+    assert not threads[1].is_alive()  # the stream ended at once
+    assert "retry: 250" in results["sse"], results["sse"][-300:]
+    assert results["sse"].rstrip().endswith('data: {"reason":"SIGTERM","version":"v1"}'), results["sse"][-300:]
+    time.sleep(max(0.0, sigterm + 0.5 - time.monotonic()))
+    # The drain delay: still served, with Connection: close; health says it is going.
+    code, body, headers = http(s.ip, "/version")
+    assert code == 200 and {k.lower(): v for k, v in headers.items()}.get("connection") == "close", headers
+    assert http(s.ip, "/health")[0] == 503
+    time.sleep(max(0.0, sigterm + 2.5 - time.monotonic()))
+    # After it: no new connections, but the slow request is still being served.
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((s.ip, 3000), timeout=2).close()
     assert threads[0].is_alive()
     assert s.container.wait(timeout=15)["StatusCode"] == 0  # it exits by itself, 0, once drained
-    for t in threads:
-        t.join(timeout=15)
+    threads[0].join(timeout=15)
     code, body, _ = results["slow"]
-    assert code == 200 and json.loads(body)["slept_ms"] == 2500
-    assert results["sse"].rstrip().endswith('data: {"reason":"SIGTERM","version":"v1"}'), results["sse"][-300:]
+    assert code == 200 and json.loads(body)["slept_ms"] == 4000
     logs = s.logs()
-    assert "SIGTERM: draining; 2 in-flight request(s), 1 SSE stream(s)" in logs, logs
+    assert "SIGTERM: draining; 2 in-flight request(s), 1 SSE stream(s); accepting for 2000 ms" in logs, logs
     assert "exiting 0" in logs

@@ -23,8 +23,8 @@ import pytest
 
 from components.canonical import go_duration, nano_cpus_string
 from tests.conftest import recording
-from tests.engine.daemon import CACHE_DIR, TEST_LABEL, clean
-from tests.engine.replay import Replay, plain
+from tests.engine.daemon import CACHE_DIR, TEST_LABEL, Engine, clean
+from tests.engine.replay import Replay, ReplayError, plain
 
 MiB = 1024 * 1024
 # Outside the working tree (a test run leaves no file there), beside the engine's image cache.
@@ -32,9 +32,9 @@ RESULTS = CACHE_DIR / "results"
 
 
 @pytest.fixture(scope="module")
-def stack(engine_client: docker.DockerClient, engine_images: dict[str, str]) -> Iterator[Replay]:
+def stack(engine: Engine, engine_client: docker.DockerClient, engine_images: dict[str, str]) -> Iterator[Replay]:
     clean(engine_client)
-    replay = Replay(engine_client, recording("local"), engine_images)
+    replay = Replay(engine_client, recording("local"), engine_images, docker_host=engine.socket)
     try:
         replay.up()
         yield replay
@@ -347,6 +347,81 @@ function one() {
 }
 one();
 """
+
+
+# --- release-phase commands (migrations) -----------------------------------------------------------
+
+def _started_at(client: docker.DockerClient, cid: str) -> float:
+    from datetime import datetime
+
+    text = client.api.inspect_container(cid)["State"]["StartedAt"]  # RFC 3339 with nanoseconds
+    return datetime.fromisoformat(text[:26].rstrip("Z") + "+00:00").timestamp()
+
+
+def _finished_at(output: str) -> float:
+    from datetime import datetime
+
+    stamp = next(line for line in reversed(output.splitlines()) if " finished at " in line).rsplit(" ", 1)[1]
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def test_the_release_commands_ran_before_their_services_started(stack: Replay,
+                                                                 engine_client: docker.DockerClient) -> None:
+    """The whole `up`: every service with a release command ran it (in its image, on the data network,
+    with its environment: the stand-in reached postgres at DATABASE_URL) and finished before the
+    service's container started; the release containers are gone (`--rm`)."""
+    with_release = {n for n, s in stack.recording.env.services.items() if s.release}
+    assert set(stack.release_output) == with_release
+    for name in with_release:
+        output = stack.release_output[name]
+        assert "succeeded; last 20 log lines:" in output, output
+        # DATABASE_URL's host and port (the store's alias, reached on the data network).
+        assert 'All migrations have been successfully applied to "postgres:5432".' in output, output
+        assert _finished_at(output) < _started_at(engine_client, stack.running()[name].id), name
+    assert engine_client.api.containers(all=True, filters={"label": "com.mysaaschat.lifecycle=release"}) == []
+
+
+def test_a_failing_release_command_fails_the_update_and_the_old_container_keeps_serving(
+        stack: Replay, engine_client: docker.DockerClient, engine_images: dict[str, str]) -> None:
+    """Its exit code and last log lines are in the error; no new container was created; the old one
+    is untouched and answers."""
+    name = "billing-service"
+    old = stack.running()[name]
+    new_image = engine_images["stub"].replace(":", ":v3-", 1)
+    engine_client.images.get(engine_images["stub"]).tag(new_image)
+    before = {c["Id"] for c in engine_client.api.containers(all=True)}
+    with pytest.raises(ReplayError) as failure:
+        stack.release_then_replace(name, image=new_image, extra_env={"STUB_MIGRATE_EXIT": "3", "STUB_VERSION": "v3"})
+    message = str(failure.value)
+    print(message[-900:])
+    assert message.startswith(f"{name}-release: create: exit status 3: running ")
+    assert f"release command of {name} (npx prisma migrate deploy) failed with exit code 3; last 20 log lines:" in message
+    assert "migrate[v3] Error: P3018 migration 0031_add_index failed to apply (exit 3)" in message
+    tail = message.split("last 20 log lines:", 1)[1]
+    assert "migration 0030_step applied" in tail and "migration 0001_step applied" not in tail  # only the last lines
+    assert stack.containers[name] is old
+    assert {c["Id"] for c in engine_client.api.containers(all=True)} == before  # nothing created, nothing left
+    state = engine_client.api.inspect_container(old.id)["State"]
+    assert state["Running"] and state["Health"]["Status"] == "healthy"
+    port = stack.recording.env.services[name].port
+    code, out = exec_ok(stack, name, f"node -e \"require('http').get('http://127.0.0.1:{port}/version', r => "
+                        "{let b='';r.on('data',d=>b+=d);r.on('end',()=>{console.log(b);process.exit(r.statusCode===200?0:1)})})\"")
+    assert code == 0 and '"version"' in out, out
+
+
+def test_a_passing_release_command_runs_in_the_new_image_before_the_new_container_starts(
+        stack: Replay, engine_client: docker.DockerClient, engine_images: dict[str, str]) -> None:
+    name = "analytics-service"
+    new_image = engine_images["stub"].replace(":", ":v4-", 1)
+    engine_client.images.get(engine_images["stub"]).tag(new_image)
+    old = stack.running()[name]
+    new = stack.release_then_replace(name, image=new_image, extra_env={"STUB_VERSION": "v4"})
+    output = stack.release_output[name]
+    assert 'migrate[v4] All migrations have been successfully applied to "postgres:5432".' in output
+    assert _finished_at(output) < _started_at(engine_client, new.id)
+    assert engine_client.api.inspect_container(new.id)["Config"]["Image"] == new_image
+    events = [e for _, e, n in stack.events if n in (name, new.name, old.name)]
+    assert events[-6:] == ["release started", "release done", "started", "healthy", "stopping", "removed"], events
 
 
 def test_rabbitmq_keeps_its_definitions_across_a_replacement(stack: Replay) -> None:

@@ -9,8 +9,21 @@
 //   GET  /slow?ms=N       answers after N ms
 //   GET  /version         {"version": STUB_VERSION, "hostname": ...}
 //   GET  /probe?host=H&port=P   TCP connect with a 2 s timeout: 200 if it connected, 502 otherwise
-// SIGTERM/SIGINT: stop accepting connections, let in-flight requests finish, end SSE streams with a
-// final `event: shutdown`, exit 0. Every step is logged to stdout.
+//   POST /echo            reads the body, answers {"length", "version"} (any path ending in /echo; likewise
+//                          /sse, /slow and /version, so the gateway's route prefixes reach them unchanged)
+// SIGTERM/SIGINT, the drain contract every real service must follow (README, "Releasing"):
+//   1. at once: /health answers 503; open SSE streams end with a final `event: shutdown` carrying
+//      `retry: STUB_SSE_RETRY_MS` (default 250; the browser's EventSource reconnects after that long,
+//      through the reloaded gateway, to the new container); every answer
+//      carries `Connection: close`, so no upstream keepalive connection is reused;
+//   2. for STUB_DRAIN_DELAY_MS (default 2000) keep accepting and serving: whoever still routes here (an
+//      old gateway worker between `nginx -s reload` and its retirement, a caller with the alias cached)
+//      is served;
+//   3. then stop accepting, close idle connections, let in-flight requests finish, exit 0; all of it
+//      well within stop_grace_seconds, after which Docker kills.
+// Idle keepalive connections are kept STUB_KEEPALIVE_MS (default 5000, Node's own default): longer than
+// the gateway's upstream keepalive_timeout (render/nginx.py), so nginx never reuses a connection the
+// service is closing. STUB_HOST binds one address (default every address). Every step is logged to stdout.
 const http = require('http');
 const net = require('net');
 const os = require('os');
@@ -19,6 +32,11 @@ const port = Number(process.env.PORT || 3000);
 const version = process.env.STUB_VERSION || 'dev';
 const sseMs = Number(process.env.STUB_SSE_MS || 200);
 const startDelayMs = Number(process.env.STUB_START_DELAY_MS || 0);
+const drainDelayMs = Number(process.env.STUB_DRAIN_DELAY_MS ?? 2000);
+const keepAliveMs = Number(process.env.STUB_KEEPALIVE_MS || 5000);
+const host = process.env.STUB_HOST || '0.0.0.0';
+// `retry:` in the final event: when the browser's EventSource reconnects (it waits this long).
+const sseRetryMs = Number(process.env.STUB_SSE_RETRY_MS || 250);
 const startedAt = Date.now();
 
 let healthFailed = process.env.STUB_HEALTH === 'fail';
@@ -71,6 +89,12 @@ function healthy() {
 }
 
 function sse(req, res) {
+  if (draining) {
+    // A stream opened while draining ends at once: the client reconnects elsewhere.
+    res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-cache' });
+    res.end(`event: shutdown\nretry: ${sseRetryMs}\ndata: ${JSON.stringify({ reason: 'draining', version })}\n\n`);
+    return;
+  }
   res.writeHead(200, {
     'content-type': 'text/event-stream',
     'cache-control': 'no-cache',
@@ -80,7 +104,7 @@ function sse(req, res) {
   const stream = {
     end(reason) {
       clearInterval(timer);
-      res.write(`event: shutdown\ndata: ${JSON.stringify({ reason, version })}\n\n`);
+      res.write(`event: shutdown\nretry: ${sseRetryMs}\ndata: ${JSON.stringify({ reason, version })}\n\n`);
       res.end();
     },
   };
@@ -114,6 +138,7 @@ function probe(host, probePort, done) {
 const server = http.createServer((req, res) => {
   const url = new URL(req.url, 'http://stub');
   const path = url.pathname;
+  const tail = path.slice(path.lastIndexOf('/'));  // /api/chats/sse -> /sse
   inFlight += 1;
   let counted = false;
   const done = () => {
@@ -139,12 +164,16 @@ const server = http.createServer((req, res) => {
     send(res, 200, { status: 'ok' });
   } else if (req.method === 'GET' && path === '/metrics') {
     send(res, 200, metrics(), 'text/plain; version=0.0.4; charset=utf-8');
-  } else if (req.method === 'GET' && path === '/sse') {
+  } else if (req.method === 'GET' && tail === '/sse') {
     sse(req, res);
-  } else if (req.method === 'GET' && path === '/slow') {
+  } else if (req.method === 'POST' && tail === '/echo') {
+    let length = 0;
+    req.on('data', (chunk) => { length += chunk.length; });
+    req.on('end', () => send(res, 200, { length, version }));
+  } else if (req.method === 'GET' && tail === '/slow') {
     const ms = Math.max(0, Number(url.searchParams.get('ms') || 1000));
     setTimeout(() => send(res, 200, { slept_ms: ms, version }), ms);
-  } else if (req.method === 'GET' && path === '/version') {
+  } else if (req.method === 'GET' && tail === '/version') {
     send(res, 200, { version, hostname: os.hostname() });
   } else if (req.method === 'GET' && path === '/probe') {
     const host = url.searchParams.get('host') || '';
@@ -160,22 +189,25 @@ const server = http.createServer((req, res) => {
 });
 
 // A real backlog: the default would make connects time out under load and look like swap failures.
-server.listen({ port, host: '0.0.0.0', backlog: 511 }, () => {
-  log(`listening on 0.0.0.0:${port} (pid ${process.pid}, uid ${process.getuid()}, gid ${process.getgid()})`);
+server.keepAliveTimeout = keepAliveMs;
+server.listen({ port, host, backlog: 511 }, () => {
+  log(`listening on ${host}:${port} (pid ${process.pid}, uid ${process.getuid()}, gid ${process.getgid()})`);
 });
 
 function shutdown(signal) {
   if (draining) return;
   draining = true;
-  log(`${signal}: draining; ${inFlight} in-flight request(s), ${sseStreams.size} SSE stream(s)`);
-  // No new connections; idle keep-alive sockets are closed; busy ones finish their request first.
-  server.close(() => {
-    log('drained: all connections closed; exiting 0');
-    process.exit(0);
-  });
-  if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  log(`${signal}: draining; ${inFlight} in-flight request(s), ${sseStreams.size} SSE stream(s); accepting for ${drainDelayMs} ms`);
   for (const stream of [...sseStreams]) stream.end(signal);
-  if (sseStreams.size === 0) log('SSE streams ended');
+  setTimeout(() => {
+    // No new connections; idle keep-alive sockets are closed; busy ones finish their request first.
+    log(`no longer accepting; ${inFlight} in-flight request(s)`);
+    server.close(() => {
+      log('drained: all connections closed; exiting 0');
+      process.exit(0);
+    });
+    if (typeof server.closeIdleConnections === 'function') server.closeIdleConnections();
+  }, drainDelayMs);
 }
 
 process.on('SIGTERM', () => shutdown('SIGTERM'));
