@@ -107,6 +107,8 @@ class Replay:
     # The engine's socket, for the recorded commands' docker CLI (release commands, the gateway's reload).
     docker_host: str | None = None
     realised: dict[str, str] = field(default_factory=dict)  # mock provider output -> real value
+    # Replay only what this accepts (an ec2 stack's stores bind host paths of the EC2 host): None, all.
+    select: Callable[[Registration], bool] | None = None
     release_output: dict[str, str] = field(default_factory=dict)  # service -> its release command's output
 
     def _event(self, event: str, name: str) -> None:
@@ -126,7 +128,8 @@ class Replay:
         gateway = set() if self.publish is not None else {
             r.urn for r in self.recording.resources.values() if r.type == GATEWAY}
         regs = {r.urn: r for r in self.recording.resources.values()
-                if (r.type in docker_types and r.parent not in gateway) or r.urn in releases}
+                if ((r.type in docker_types and r.parent not in gateway) or r.urn in releases)
+                and (self.select is None or self.select(r))}
         done: list[Registration] = []
         seen: set[str] = set()
 

@@ -20,6 +20,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -53,8 +54,19 @@ def stack(engine: Engine, engine_client: docker.DockerClient, engine_images: dic
           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replay]:
     clean(engine_client)
     publish = {80: ("127.0.0.1", free_port()), 443: ("127.0.0.1", free_port())}
-    replay = Replay(engine_client, letsencrypt_staging(tmp_path_factory.mktemp("acme")), engine_images,
-                    publish=publish, docker_host=engine.socket)
+    recording = letsencrypt_staging(tmp_path_factory.mktemp("acme"))
+    # The gateway, its companion and the routed services it names; not the stores (staging's
+    # Postgres and its backup container bind host paths of the EC2 host) nor release commands.
+    edge = {r.urn for r in recording.resources.values()
+            if r.type in ("my-saas-chat:gateway:Gateway", "my-saas-chat:gateway:AcmeCompanion")}
+    routed = {name for name, svc in recording.env.services.items() if svc.routes}
+
+    def select(reg: Any) -> bool:
+        if reg.type == "docker:index/container:Container":
+            return reg.parent in edge or reg.name in routed
+        return reg.type in ("docker:index/network:Network", "docker:index/volume:Volume")
+
+    replay = Replay(engine_client, recording, engine_images, publish=publish, docker_host=engine.socket, select=select)
     try:
         replay.up()
         yield replay
