@@ -68,6 +68,7 @@ class ContainerSpec:
     hostname: str | None = None
     shm_size_bytes: int | None = None  # /dev/shm; Docker's default is 64 MiB
     ports: Mapping[int, int] = field(default_factory=dict)  # host port -> container port (the edge only)
+    entrypoint: Sequence[str] | None = None  # None: the image's
 
 
 def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.ResourceOptions) -> docker.Container:
@@ -133,6 +134,7 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         destroy_grace_seconds=spec.stop_grace_seconds,
         envs=spec.envs or None,
         command=list(spec.command) if spec.command else None,
+        entrypoints=list(spec.entrypoint) if spec.entrypoint else None,
         networks_advanced=[
             docker.ContainerNetworksAdvancedArgs(name=network, aliases=[spec.service]) for network in spec.networks
         ],

@@ -13,6 +13,9 @@ if [[ "${1:-}" == "--test-tools" ]]; then
   # run the gateway tests (tests/test_gateway_live.py) and bench.gateway; pgbackrest (with postgresql 15) runs
   # the backup tests (tests/test_backup_live.py), bench.backup and bench.backup_drill.
   packages=(postgresql redis-server rabbitmq-server cloud-init docker.io debootstrap nftables iptables nginx-light openssl wrk pgbackrest)
+  # python3-cryptography runs the certbot companion's bootstrap (as certbot's image would); systemd-analyze
+  # (systemd) judges the certificate reload units (tests/test_acme.py).
+  packages+=(python3-cryptography systemd)
   command -v node >/dev/null || packages+=(nodejs)
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -q
