@@ -72,6 +72,7 @@ class ContainerSpec:
     # Host paths bind-mounted into the container: only what config/host_access.py declares for this service.
     host_mounts: Sequence[HostMount] = ()
     extra_hosts: Mapping[str, str] = field(default_factory=dict)  # name -> address, in the container's /etc/hosts
+    entrypoint: Sequence[str] | None = None  # None: the image's
 
 
 def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.ResourceOptions) -> docker.Container:
@@ -142,6 +143,7 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         destroy_grace_seconds=spec.stop_grace_seconds,
         envs=spec.envs or None,
         command=list(spec.command) if spec.command else None,
+        entrypoints=list(spec.entrypoint) if spec.entrypoint else None,
         networks_advanced=[
             docker.ContainerNetworksAdvancedArgs(name=network, aliases=[spec.service]) for network in spec.networks
         ],

@@ -42,9 +42,11 @@ from components.network import Networks
 from components.secrets import SecretStore
 from config import Environment
 from config.model import SecretRef
+from render.acme import ACME_DIR, acme_volume, companion_script, install_script, uninstall_script
 from render.nginx import CONF_DIR, Layout, render_nginx
 
 CONF = f"{CONF_DIR}/nginx.conf"
+NGINX_OWNED_DIR = "/var/cache/nginx"  # uid 101's in nginx-unprivileged (and in the engine tests' stand-in)
 
 
 @dataclass
@@ -74,23 +76,36 @@ def certificate(name: str, env: Environment, secrets: SecretStore,
             dns_names=[env.domain], subject=tls.SelfSignedCertSubjectArgs(common_name=env.domain),
             opts=pulumi.ResourceOptions(parent=parent))
         return cert.cert_pem, pulumi.Output.secret(key.private_key_pem)
-    raise ValueError(f"tls.mode {env.tls.mode} is not supported yet")  # refused by the rules before this
+    raise ValueError(f"tls.mode {env.tls.mode} has no Pulumi-made certificate")  # letsencrypt: AcmeCompanion
 
 
 class Gateway(pulumi.ComponentResource):
     container: docker.Container
     reload: pulumi.Resource
+    acme: AcmeCompanion | None = None  # tls.mode letsencrypt only
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("my-saas-chat:gateway:Gateway", name, None, opts)
         env, spec = args.env, args.env.gateway
         docker_opts = args.host.docker_opts(self)
         image = docker.RemoteImage(f"{name}-image", name=spec.image.reference, keep_locally=True, opts=docker_opts)
-        cert, key = certificate(name, env, args.secrets, self)
+        letsencrypt = env.tls.mode == "letsencrypt"
+        layout = Layout(acme_dir=ACME_DIR) if letsencrypt else Layout()
         conf = pulumi.Output.all(**{svc: c.name for svc, c in sorted(args.containers.items())}).apply(
-            lambda names: render_nginx(env, names))
-        layout = Layout()
-        files = {CONF: conf, layout.cert: cert, layout.key: key}
+            lambda names: render_nginx(env, names, layout))
+        files: dict[str, pulumi.Output[str]] = {CONF: conf}
+        mounts: list[Mount] = []
+        after: list[pulumi.Resource] = []
+        container_name = f"mysaaschat-{env.stack}-gateway"
+        if letsencrypt:
+            # The certificate comes from the certbot companion through the ACME volume; the gateway
+            # starts only once the companion is healthy, i.e. once a (temporary) pair exists there.
+            self.acme = AcmeCompanion(f"{name}-acme", env, args, image, container_name, parent=self)
+            mounts.append(Mount(self.acme.volume.name, ACME_DIR, read_only=True))
+            after.append(self.acme.container)
+        else:
+            cert, key = certificate(name, env, args.secrets, self)
+            files |= {layout.cert: cert, layout.key: key}
         volume = docker.Volume(f"{name}-config", name=f"mysaaschat-{env.stack}-gateway-config",
                                labels=[docker.VolumeLabelArgs(label="com.mysaaschat.stack", value=env.stack)],
                                opts=pulumi.ResourceOptions.merge(docker_opts,
@@ -109,22 +124,85 @@ class Gateway(pulumi.ComponentResource):
                 command=["nginx", "-c", CONF, "-g", "daemon off;"],
                 # pid and every temp path of render/nginx.py; /var/cache/nginx is the image's default.
                 tmpfs=("/tmp", "/var/cache/nginx"),
-                mounts=[Mount(volume.name, CONF_DIR, read_only=True)],
-                lifecycle="edge", fixed_name=f"mysaaschat-{env.stack}-gateway",
+                mounts=[Mount(volume.name, CONF_DIR, read_only=True), *mounts],
+                lifecycle="edge", fixed_name=container_name,
                 # Unprivileged ports inside, 80/443 on the host: no NET_BIND_SERVICE.
                 ports={80: layout.http_port, 443: layout.https_port},
                 stop_grace_seconds=30, deploy_timeout_seconds=60,
             ),
             env.stack,
-            pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(depends_on=[seed])),
+            pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(depends_on=[seed, *after])),
         )
         # The digest of everything nginx reads: a change re-runs the reload (a `Command` replaces on
         # a changed trigger and runs `create`). Secret, since the key is part of it.
         digest = pulumi.Output.all(*files.values()).apply(
             lambda texts: hashlib.sha256(json.dumps(texts).encode()).hexdigest())
-        self.reload = reload_command(f"{name}-reload", args.host, f"mysaaschat-{env.stack}-gateway", digest,
+        self.reload = reload_command(f"{name}-reload", args.host, container_name, digest,
                                      depends_on=[seed, self.container, *args.containers.values()], parent=self)
         self.register_outputs({"container": self.container.name, "config_sha256": digest})
+
+
+class AcmeCompanion(pulumi.ComponentResource):
+    """`tls.mode: letsencrypt`: certbot beside the gateway, and the host's reload after each renewal.
+
+    What runs and why is in render/acme.py. Wiring only:
+
+    - the ACME volume takes its owner from the gateway image: Docker copies an image's directory
+      into an empty volume mounted over it, ownership included, when a container is created
+      (moby v20.10 daemon/create_unix.go createContainerOSSpecificSettings -> CopyImagePathContent
+      -> container_unix.go copyExistingContents + copyOwnership). nginx-unprivileged's
+      /var/cache/nginx belongs to uid 101, so a never-started seed of that image mounting the volume
+      there makes it writable by 101: certbot runs as the gateway's uid (no root, and nginx reads
+      the 0600 key), and nothing else gets a way in;
+    - certbot runs hardened (non-root, read-only root, no capabilities) on the `egress` network
+      only (the ACME API), stop-first (one certbot per volume), with no Docker socket;
+    - on `ec2`, a remote command installs the host's path unit, timer and validated reload script
+      (render/acme.py), so a renewal reaches nginx without any container reaching the engine.
+    """
+
+    volume: docker.Volume
+    container: docker.Container
+    watch: pulumi.Resource
+
+    def __init__(self, name: str, env: Environment, args: GatewayArgs, gateway_image: docker.RemoteImage,
+                 gateway: str, *, parent: pulumi.Resource) -> None:
+        super().__init__("my-saas-chat:gateway:AcmeCompanion", name, None, pulumi.ResourceOptions(parent=parent))
+        certbot, user = env.tls.certbot, env.gateway.user
+        docker_opts = args.host.docker_opts(self)
+        # The ACME account and the certificates: losing them means a new account and issuance
+        # against Let's Encrypt's rate limits (5 duplicate certificates a week).
+        self.volume = docker.Volume(
+            f"{name}-volume", name=acme_volume(env), labels=[docker.VolumeLabelArgs(label="com.mysaaschat.stack", value=env.stack)],
+            opts=pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(protect=True, retain_on_delete=True)))
+        owner = volume_seed(
+            f"{name}-owner", image=gateway_image, volume=self.volume.name, mount=NGINX_OWNED_DIR, stack=env.stack,
+            opts=docker_opts, uploads=[Upload(path=f"{NGINX_OWNED_DIR}/README", owner=user, permissions="0444",
+                                              content="The gateway's ACME volume (render/acme.py).\n")])
+        image = docker.RemoteImage(f"{name}-image", name=certbot.image.reference, keep_locally=True, opts=docker_opts)
+        self.container = hardened_container(
+            name,
+            ContainerSpec(
+                service=name, image=image, user=user, cpus=certbot.cpu, memory_bytes=certbot.memory,
+                # Healthy once a pair exists (the temporary one at first): the gateway waits for it.
+                healthcheck=["CMD-SHELL", f"test -s {ACME_DIR}/certs/fullchain.pem && test -s {ACME_DIR}/certs/privkey.pem"],
+                health={"interval": "10s", "timeout": "3s", "retries": 3, "start_period": "10s"},
+                networks=[args.networks.egress.name],
+                entrypoint=["/bin/sh", "-c"], command=[companion_script(env)],
+                mounts=[Mount(self.volume.name, ACME_DIR)],
+                lifecycle="stateful", fixed_name=f"mysaaschat-{env.stack}-gateway-acme", hostname="gateway-acme",
+                stop_grace_seconds=10, deploy_timeout_seconds=60,
+            ),
+            env.stack,
+            pulumi.ResourceOptions.merge(docker_opts, pulumi.ResourceOptions(depends_on=[owner])),
+        )
+        if args.host.connection is None:
+            raise ValueError("tls.mode letsencrypt needs an ec2 host")  # refused by config/rules.py before this
+        install = install_script(env, nginx=f"{args.host.docker_cli} exec {gateway} nginx -c {CONF}")
+        self.watch = command.remote.Command(
+            f"{name}-watch", connection=args.host.connection, create=install, delete=uninstall_script(),
+            triggers=[hashlib.sha256(install.encode()).hexdigest()],
+            opts=pulumi.ResourceOptions(parent=self, depends_on=args.host.engine_ready))
+        self.register_outputs({"container": self.container.name, "volume": self.volume.name})
 
 
 def reload_script(docker_cli: str, container: str) -> str:

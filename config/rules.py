@@ -219,10 +219,15 @@ def _tls_problems(env: Environment) -> Iterator[tuple[str, ...]]:
     if tls.mode == "letsencrypt":
         if not tls.email:
             yield "tls.email", "is required for tls.mode letsencrypt: the ACME account's contact e-mail"
-        yield "tls.mode", ("letsencrypt is not supported yet (the certbot companion is still to be built); "
-                           "use secretsmanager or selfsigned")
+        if env.host.kind != "ec2":
+            yield "tls.mode", ("letsencrypt needs a host Let's Encrypt can reach at the domain on port 80 "
+                               "(host.kind ec2); use selfsigned for a local engine")
+        if tls.acme_staging and env.stack == "prod":
+            yield "tls.acme_staging", "the staging CA's certificates are untrusted; prod uses Let's Encrypt's production CA"
     elif tls.email:
         yield "tls.email", f"applies to tls.mode letsencrypt only; tls.mode {tls.mode} would ignore it"
+    if tls.mode != "letsencrypt" and tls.acme_staging:
+        yield "tls.acme_staging", f"applies to tls.mode letsencrypt only; tls.mode {tls.mode} would ignore it"
     if tls.mode == "selfsigned" and env.host.kind == "ec2" and env.stack == "prod":
         yield "tls.mode", "a self-signed certificate is for staging and local; prod needs secretsmanager"
 

@@ -28,6 +28,7 @@ from tenacity import RetryError, retry, retry_if_result, stop_after_delay, wait_
 
 from config import ConfigError, Environment, load_environment, read_stack_file
 from config.load import PROJECT, ROOT_DIR
+from render.nginx import verification_paths
 
 IMAGE_TAG_KEY = f"{PROJECT}:image_tag"
 RELEASE_PREFIX = "release "
@@ -78,12 +79,10 @@ def validate(stack: str, image_tag: str | None = None) -> Environment:
 def verification_urls(env: Environment, base_url: str | None = None) -> list[str]:
     """The gateway's own health and each routed service's health route, through the public endpoint."""
     base = (base_url or f"https://{env.domain}").rstrip("/")
-    urls = [f"{base}/healthz"]
-    for svc in env.services.values():
-        if svc.routes:
-            prefix = svc.routes[0].prefix.rstrip("/")
-            urls.append(f"{base}{prefix}{svc.health_path}")
-    return list(dict.fromkeys(urls))  # two services can share one public path (/ + /api/health, /api + /health)
+    # The renderer's own table (render/nginx.py): /healthz, then /healthz/<service> for each routed
+    # service, which the gateway sends to exactly that service's health_path. A prefix + health_path
+    # could name another service's route (the frontend's /api/health is api-gateway's /api + /health).
+    return [f"{base}{path}" for path in verification_paths(env)]
 
 
 def verification_deadline(env: Environment) -> float:

@@ -39,14 +39,22 @@ class Layout:
     access_log: str = "/dev/stdout"
     error_log: str = "/dev/stderr"
     status_port: int = GATEWAY_STATUS_PORT  # stub_status for the monitoring's nginx exporter; never published
+    # `tls.mode: letsencrypt`: the certificate, key and challenge files live in the ACME volume
+    # (render/acme.py), not in the config volume; "" = the config volume's.
+    acme_dir: str = ""
 
     @property
     def cert(self) -> str:
-        return f"{self.conf_dir}/tls/cert.pem"
+        return f"{self.acme_dir}/certs/fullchain.pem" if self.acme_dir else f"{self.conf_dir}/tls/cert.pem"
 
     @property
     def key(self) -> str:
-        return f"{self.conf_dir}/tls/key.pem"
+        return f"{self.acme_dir}/certs/privkey.pem" if self.acme_dir else f"{self.conf_dir}/tls/key.pem"
+
+    @property
+    def acme_root(self) -> str:
+        """The directory holding `.well-known/acme-challenge/`."""
+        return f"{self.acme_dir}/webroot" if self.acme_dir else f"{self.conf_dir}/acme"
 
     def listen(self, port: int) -> str:
         return f"{self.listen_address}:{port}" if self.listen_address else str(port)
@@ -109,6 +117,37 @@ def _proxy(service: str) -> list[Directive]:
         d("proxy_set_header", "X-Request-ID", "$req_id"),
         d("add_header", "X-Request-ID", "$req_id", "always"),
     ]
+
+
+GATEWAY_HEALTH = "/healthz"
+
+
+def health_routes(env: Environment) -> dict[str, str]:
+    """Each routed service's public health path, owned by the gateway: `/healthz/<service>`.
+
+    A service's `health_path` under its first route's prefix is no public address: routes overlap
+    (the frontend's `/` + `/api/health` and api-gateway's `/api` + `/health` are one path, which
+    only one of them answers). `/healthz` is reserved to the gateway (config/rules.py), so these
+    paths can never collide with a route, and each reaches exactly its service's `health_path`.
+    The renderer and the deploy driver's verification (ops/deploy.py) both read this function."""
+    return {name: f"{GATEWAY_HEALTH}/{name}" for name, svc in sorted(env.services.items()) if svc.routes}
+
+
+def verification_paths(env: Environment) -> list[str]:
+    """What a deploy checks through the public endpoint: the gateway itself, then every routed service."""
+    return [GATEWAY_HEALTH, *health_routes(env).values()]
+
+
+def health_block(env: Environment, service: str, path: str) -> Directive:
+    # An exact location with a URI in proxy_pass: nginx replaces the whole matched path with the
+    # service's health_path (ngx_http_proxy_module, proxy_pass "with a URI").
+    return d("location", "=", path, block=[
+        d("proxy_pass", f"http://{service}{env.services[service].health_path}"),
+        d("proxy_http_version", "1.1"), d("proxy_set_header", "Connection", ""),
+        d("proxy_set_header", "Host", "$host"), d("proxy_set_header", "X-Request-ID", "$req_id"),
+        d("proxy_next_upstream", "off"),  # a health answer is about this upstream, never another try
+        *security_headers(env, csp=False),
+    ])
 
 
 def route_block(env: Environment, service: str, route: Route) -> list[Directive]:
@@ -202,17 +241,18 @@ def render_nginx(env: Environment, containers: Mapping[str, str], layout: Layout
         svc = routed[name]
         http.append(d("upstream", name, block=[d("server", f"{containers[name]}:{svc.port}"), d("keepalive", "32"),
                                                 d("keepalive_timeout", f"{UPSTREAM_KEEPALIVE_SECONDS}s")]))
-    health = d("location", "=", "/healthz", block=[d("access_log", "off"), d("default_type", "text/plain"),
+    health = d("location", "=", GATEWAY_HEALTH, block=[d("access_log", "off"), d("default_type", "text/plain"),
                                                      d("return", "200", "ok")])
     http.append(d("server", block=[
         d("listen", layout.listen(layout.http_port), "default_server"),
         d("server_name", "_"),
         d("location", "^~", "/.well-known/acme-challenge/",
-          block=[d("root", f"{layout.conf_dir}/acme"), d("default_type", "text/plain")]),
+          block=[d("root", layout.acme_root), d("default_type", "text/plain")]),
         dict(health),
         d("location", "/", block=[d("return", "301", f"https://{env.domain}$request_uri")]),
     ]))
-    locations: list[Directive] = [health, *grafana_locations(env)]
+    locations: list[Directive] = [health, *grafana_locations(env),
+                                  *(health_block(env, svc, path) for svc, path in health_routes(env).items())]
     for name, svc in routed.items():
         for route in svc.routes:
             locations += route_block(env, name, route)

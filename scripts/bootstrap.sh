@@ -16,6 +16,9 @@ if [[ "${1:-}" == "--test-tools" ]]; then
   packages=(postgresql redis-server rabbitmq-server cloud-init docker.io debootstrap nftables iptables nginx-light openssl wrk pgbackrest
             prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter
             prometheus-redis-exporter prometheus-nginx-exporter)
+  # python3-cryptography runs the certbot companion's bootstrap (as certbot's image would); systemd-analyze
+  # (systemd) judges the certificate reload units (tests/test_acme.py).
+  packages+=(python3-cryptography systemd)
   command -v node >/dev/null || packages+=(nodejs)
   export DEBIAN_FRONTEND=noninteractive
   $sudo apt-get update -q

@@ -46,6 +46,13 @@ def catalog_in(path: str, value: Any) -> Mut:
     return apply
 
 
+def both(*mutations: Mut) -> Mut:
+    def apply(cfg: dict[str, Any], cat: dict[str, Any]) -> None:
+        for mutate in mutations:
+            mutate(cfg, cat)
+    return apply
+
+
 def drop(key: str) -> Mut:
     def apply(cfg: dict[str, Any], _: dict[str, Any]) -> None:
         del cfg[K + key]
@@ -167,8 +174,13 @@ CASES: list[tuple[str, Mut, str, str]] = [
      f"{C}: services.frontend.routes.1.prefix", "collides with /.well-known"),
     ("tls-mode", stack_in("tls.mode", "acme"), f"{S}: tls.mode", "'secretsmanager', 'selfsigned' or 'letsencrypt'"),
     ("tls-letsencrypt-no-email", stack("tls", {"mode": "letsencrypt"}), f"{S}: tls.email", "contact e-mail"),
-    ("tls-letsencrypt-unsupported", stack("tls", {"mode": "letsencrypt", "email": "ops@mysaaschat.app"}),
-     f"{S}: tls.mode", "not supported yet"),
+    ("tls-letsencrypt-local", both(stack("host", {"kind": "local", "docker_host": "unix:///var/run/docker.sock"}),
+                                   stack("tls", {"mode": "letsencrypt", "email": "ops@mysaaschat.app"})),
+     f"{S}: tls.mode", "host.kind ec2"),
+    ("tls-acme-staging-prod", stack("tls", {"mode": "letsencrypt", "email": "ops@mysaaschat.app", "acme_staging": True}),
+     f"{S}: tls.acme_staging", "untrusted"),
+    ("tls-acme-staging-elsewhere", stack_in("tls.acme_staging", True), f"{S}: tls.acme_staging",
+     "letsencrypt only"),
     ("tls-bad-email", stack("tls", {"mode": "letsencrypt", "email": "ops at example"}), f"{S}: tls.email",
      "not an e-mail address"),
     ("tls-secret-missing", stack("tls", {"mode": "secretsmanager"}), f"{S}: tls.secret", "is required"),

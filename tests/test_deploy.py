@@ -248,9 +248,10 @@ def test_verification_targets_the_gateway_and_every_routed_service() -> None:
     env = deploy.validate("prod")
     urls = deploy.verification_urls(env, "https://example.test")
     assert urls[0] == "https://example.test/healthz"
-    routed = {f"https://example.test{s.routes[0].prefix.rstrip('/')}{s.health_path}" for s in env.services.values() if s.routes}
-    assert set(urls) == {"https://example.test/healthz"} | routed and len(urls) == len(set(urls))
-    assert "https://example.test/api/health" in urls  # the frontend: prefix "/", health_path /api/health
+    # One gateway-owned path per routed service (render/nginx.py health_routes, which the renderer
+    # serves): frontend's "/" + "/api/health" and api-gateway's "/api" + "/health" were one URL.
+    routed = {f"https://example.test/healthz/{name}" for name, s in env.services.items() if s.routes}
+    assert set(urls) == {"https://example.test/healthz"} | routed and len(urls) == len(routed) + 1
     assert deploy.verification_deadline(env) == max(s.deploy_timeout_seconds for s in env.services.values())
 
 

@@ -9,7 +9,7 @@ import crossplane
 import pytest
 
 from ops.runner import Recording
-from render.nginx import Layout, render_nginx
+from render.nginx import Layout, health_routes, render_nginx, verification_paths
 from tests.test_graph import plain
 
 CONF_PATH = "/etc/mysaaschat-gateway/nginx.conf"
@@ -116,6 +116,23 @@ def test_routes_limits_and_headers(rec: Recording, tmp_path: Path) -> None:
                     assert one(body, "proxy_http_version")["args"] == ["1.1"]
                     assert int(one(body, "proxy_read_timeout")["args"][0].rstrip("s")) >= 3600
                     assert headers["X-Accel-Buffering"] == "no"
+
+
+def test_each_routed_service_has_its_own_health_path(rec: Recording, tmp_path: Path) -> None:
+    """`/healthz/<service>` reaches exactly that service's health_path; prefix + health_path would not
+    (the frontend's / + /api/health is api-gateway's /api + /health)."""
+    env = rec.env
+    tls = [s["block"] for s in find(one(parse(recorded_conf(rec), tmp_path), "http")["block"], "server")][1]
+    routes = health_routes(env)
+    assert set(routes) == {name for name, svc in env.services.items() if svc.routes}
+    assert len(set(routes.values())) == len(routes) and all(p.startswith("/healthz/") for p in routes.values())
+    for svc, path in routes.items():
+        body = one(tls, "location", "=", path)["block"]
+        assert one(body, "proxy_pass")["args"] == [f"http://{svc}{env.services[svc].health_path}"]
+        assert one(body, "proxy_next_upstream")["args"] == ["off"]
+    assert verification_paths(env) == ["/healthz", *routes.values()]
+    naive = [svc.routes[0].prefix.rstrip("/") + svc.health_path for svc in env.services.values() if svc.routes]
+    assert len(set(naive)) < len(naive)  # the collision this settles is real in the catalog
 
 
 def test_missing_container_name_is_an_error(rec: Recording) -> None:

@@ -10,10 +10,12 @@ only; nginx runs in its own process group and is stopped, by its id, whatever ha
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -32,7 +34,7 @@ from typing import Any
 import pytest
 
 from ops.runner import Recording
-from render.nginx import Layout, render_nginx
+from render.nginx import Layout, health_routes, render_nginx
 from tests.conftest import recording, require_tool
 from tests.test_gateway import container_names
 
@@ -156,6 +158,27 @@ class Gateway:
             conn.close()
 
 
+def start_stubs(rec: Recording, names: dict[str, str]) -> tuple[dict[str, str], dict[str, Stub]]:
+    """Each gateway's stubs on a 127.X.Y.0/24 that no other process holds: xdist workers, and the
+    other checkouts on this machine running these tests at the same moment (fixed blocks made
+    them fail each other with EADDRINUSE)."""
+    for _ in range(50):
+        net = f"127.{random.randrange(20, 250)}.{random.randrange(1, 250)}"
+        addresses = {svc: f"{net}.{10 + i}" for i, svc in enumerate(sorted(names))}
+        stubs: dict[str, Stub] = {}
+        try:
+            for svc in names:
+                stubs[svc] = Stub(svc, (addresses[svc], rec.env.services[svc].port))
+        except OSError as error:
+            for stub in stubs.values():
+                stub.server_close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+            continue
+        return addresses, stubs
+    raise AssertionError("no free loopback block for the stub upstreams after 50 tries")
+
+
 def start(stack: str, root: Path) -> Gateway:
     require_tool("unshare")
     openssl = require_tool("openssl")
@@ -165,11 +188,7 @@ def start(stack: str, root: Path) -> Gateway:
         pytest.skip("the live gateway tests need root (a private mount namespace)")
     rec = recording(stack)
     names = container_names(rec)
-    # Each stack and each xdist worker its own 127.N.W.0/24: two gateways of one stack on two
-    # workers (a module fixture per worker) never share a stub address.
-    block = STACKS.index(stack) + 1
-    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 200
-    addresses = {svc: f"127.{block}.{worker}.{10 + i}" for i, svc in enumerate(sorted(names))}
+    addresses, stubs = start_stubs(rec, names)
     prefix = root / stack
     (prefix / "tmp").mkdir(parents=True)
     (prefix / "tls").mkdir()
@@ -190,8 +209,8 @@ def start(stack: str, root: Path) -> Gateway:
     gw = Gateway(rec=rec, prefix=prefix, layout=layout, names=names, addresses=addresses)
     gw.context = ssl.create_default_context(cafile=layout.cert)
     gw.context.check_hostname = False  # we connect to 127.0.0.1; the certificate names the domain
+    gw.stubs = stubs
     for svc in names:
-        gw.stubs[svc] = Stub(svc, (addresses[svc], rec.env.services[svc].port))
         threading.Thread(target=gw.stubs[svc].serve_forever, daemon=True).start()
     gw.process = subprocess.Popen(gw.in_namespace("exec " + gw.nginx("-g", "'daemon off;'")),
                                   start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -261,6 +280,20 @@ def test_every_route_reaches_its_service(gw: Gateway) -> None:
     # A sibling of a prefix is not that prefix: /api/chatsx goes to /api (api-gateway).
     status, _, body = gw.request("GET", "/api/chatsx", source="127.9.9.2")
     assert json.loads(body)["service"] == "api-gateway"
+
+
+def test_each_service_health_path_reaches_that_service(gw: Gateway) -> None:
+    """What the deploy driver verifies (ops/deploy.py verification_urls): /healthz/<service> answers
+    from that service, at its health_path; the naive prefix + health_path of the frontend
+    (/api/health) is answered by api-gateway instead."""
+    for svc, path in health_routes(gw.rec.env).items():
+        status, _, body = gw.request("GET", path, source="127.9.8.1")
+        seen = json.loads(body)
+        assert status == 200 and seen["service"] == svc, (path, status, seen)
+        assert seen["path"] == gw.rec.env.services[svc].health_path, (path, seen)
+    if "frontend" in gw.rec.env.services and "api-gateway" in gw.rec.env.services:
+        status, _, body = gw.request("GET", "/api/health", source="127.9.8.2")
+        assert json.loads(body)["service"] == "api-gateway"
 
 
 def test_access_log_is_json_with_upstream_timing(gw: Gateway) -> None:

@@ -12,13 +12,16 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import ipaddress
 import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +32,7 @@ log = logging.getLogger(__name__)
 
 IMAGES_DIR = Path(__file__).resolve().parent / "images"
 REPOSITORY = "mysaaschat-test"
-NAMES = ("postgres", "redis", "rabbitmq", "stub")
+NAMES = ("postgres", "redis", "rabbitmq", "stub", "nginx", "certbot")
 SUITE = "bookworm"
 VARIANT = "minbase"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
@@ -149,6 +152,23 @@ def base_image(client: docker.DockerClient, cache_dir: Path) -> str:
     return tag
 
 
+def mirror_hosts() -> dict[str, str]:
+    """The apt mirror's address, resolved here, for a build's /etc/hosts. The private dockerd runs
+    with `--dns=127.0.0.1` (daemon.py: no test lookup leaves the machine), which build containers
+    inherit too, so `apt-get update` inside a build could not resolve the mirror (and apt exits 0
+    on a failed update: the build then fails at install)."""
+    host = urllib.parse.urlsplit(debian_mirror()).hostname or ""
+    try:
+        ipaddress.ip_address(host)
+        return {}
+    except ValueError:
+        pass
+    try:
+        return {host: socket.gethostbyname(host)}
+    except OSError:
+        return {}
+
+
 def _build(client: docker.DockerClient, name: str, base_tag: str) -> str:
     context = IMAGES_DIR / name
     tag = f"{REPOSITORY}/{name}:{context_hash(context, base_tag)}"
@@ -159,6 +179,7 @@ def _build(client: docker.DockerClient, name: str, base_tag: str) -> str:
         client.images.build(
             path=str(context), tag=tag, buildargs={"BASE": base_tag}, network_mode="host",
             rm=True, forcerm=True, pull=False, labels={"com.mysaaschat.test-image": name},
+            extra_hosts=mirror_hosts(),
         )
     except docker.errors.BuildError as err:
         tail = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in err.build_log)[-4000:]
@@ -168,7 +189,7 @@ def _build(client: docker.DockerClient, name: str, base_tag: str) -> str:
 
 
 def build_all(client: docker.DockerClient, cache_dir: Path) -> dict[str, str]:
-    """Logical name ("postgres", "redis", "rabbitmq", "stub", and "base") -> image tag, building what is missing."""
+    """Logical name (postgres, redis, rabbitmq, stub, nginx, certbot, and "base") -> image tag, building what is missing."""
     started = time.monotonic()
     base = base_image(client, cache_dir)
     tags = {"base": base}

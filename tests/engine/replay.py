@@ -9,20 +9,32 @@ mirrors: kreuzwerker/terraform-provider-docker v4.x (wrapped by pulumi-docker 5.
 `resource_docker_network_funcs.go`, `resource_docker_volume.go`.
 
 Images are mapped to the stand-ins built by tests/engine/images.py: a store's image by its
-repository name, every product service to the stub service.
+repository name, the gateway's nginx to the nginx stand-in, certbot (`tls.mode: letsencrypt`) to the
+certbot stand-in, every product service to the stub service.
+
+The gateway is replayed only when the test says where its published ports go (`publish`): the
+recorded 0.0.0.0:80 and 0.0.0.0:443 would take the machine's own ports and face its network, so a
+test maps each recorded host port to a free port on 127.0.0.1 (the container ports, 8080/8443,
+stay as recorded). That mapping and the image are the only departures from the recording. What the
+gateway needs from other providers is realised here as those providers would: the self-signed
+certificate and key (pulumi-tls, whose outputs the strict mocks only stand in for) with openssl from
+the recorded inputs, and the reload `command:local:Command` run as recorded against this engine.
 """
 
 from __future__ import annotations
 
 import io
 import secrets
+import shlex
 import shutil
 import subprocess
 import tarfile
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -30,7 +42,7 @@ import docker.errors
 from docker.types import Healthcheck, LogConfig
 
 from components.canonical import parse_cpus, parse_go_duration
-from ops.mocks import Registration
+from ops.mocks import Registration, StrictMocks, digest
 from ops.runner import Recording
 from ops.strict import SECRET_SIG
 
@@ -41,7 +53,11 @@ GATEWAY = "my-saas-chat:gateway:Gateway"
 MONITORING = "my-saas-chat:monitoring:Monitoring"
 VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/remoteImage:RemoteImage"
+COMMAND = "command:local:Command"
+TLS_KEY = "tls:index/privateKey:PrivateKey"
+TLS_CERT = "tls:index/selfSignedCert:SelfSignedCert"
 STORES = ("postgres", "redis", "rabbitmq")
+HOST_DOCKER = "unix:///var/run/docker.sock"  # what the local stack's reload command talks to
 COMMANDS = ("command:local:Command", "command:remote:Command")
 RECORDED_DOCKER_CLI = "docker -H unix:///var/run/docker.sock"  # the local stack's host.docker_cli
 
@@ -87,7 +103,13 @@ class Replay:
     events: list[tuple[float, str, str]] = field(default_factory=list)  # (wall-clock time, event, container)
     healthy_after: dict[str, float] = field(default_factory=dict)  # resource name -> seconds from start
     on_wait: Callable[[str], None] | None = None
-    docker_host: str | None = None  # the engine's socket, for the recorded release commands' docker CLI
+    # Recorded host port -> (host address, host port) it is published on here; None: no gateway.
+    publish: Mapping[int, tuple[str, int]] | None = None
+    # The engine's socket, for the recorded commands' docker CLI (release commands, the gateway's reload).
+    docker_host: str | None = None
+    realised: dict[str, str] = field(default_factory=dict)  # mock provider output -> real value
+    # Replay only what this accepts (an ec2 stack's stores bind host paths of the EC2 host): None, all.
+    select: Callable[[Registration], bool] | None = None
     release_output: dict[str, str] = field(default_factory=dict)  # service -> its release command's output
 
     def _event(self, event: str, name: str) -> None:
@@ -103,13 +125,15 @@ class Replay:
         """Docker resources in dependency order (the engine walks the same graph)."""
         docker_types = (NETWORK, VOLUME, CONTAINER)
         releases = {r.urn for r in self.recording.resources.values() if r.type in COMMANDS and r.name.endswith("-release")}
-        # Not yet replayed: the gateway (its config volume, seed and container), which needs an
-        # nginx stand-in image; its config is proven by real nginx in tests/test_gateway_live.py.
-        # Nor monitoring (no stand-ins for its images; its files are proven by the real tools in
+        # The gateway (its config volume, seed and container) only with somewhere to publish it. Never
+        # monitoring (no stand-ins for its images; its files are proven by the real tools in
         # tests/test_monitoring*.py).
-        gateway = {r.urn for r in self.recording.resources.values() if r.type in (GATEWAY, MONITORING)}
+        monitoring = {r.urn for r in self.recording.resources.values() if r.type == MONITORING}
+        gateway = monitoring | (set() if self.publish is not None else {
+            r.urn for r in self.recording.resources.values() if r.type == GATEWAY})
         regs = {r.urn: r for r in self.recording.resources.values()
-                if (r.type in docker_types and r.parent not in gateway) or r.urn in releases}
+                if ((r.type in docker_types and r.parent not in gateway) or r.urn in releases)
+                and (self.select is None or self.select(r))}
         done: list[Registration] = []
         seen: set[str] = set()
 
@@ -130,7 +154,20 @@ class Replay:
         images = {r.urn: r for r in self.resources(IMAGE)}
         image = next(images[d] for d in reg.dependencies if d in images)
         repository = str(image.inputs["name"]).split("@")[0].rsplit(":", 1)[0].rsplit("/", 1)[-1]
-        return self.images[repository if repository in STORES else "stub"]
+        if repository in STORES:
+            return self.images[repository]
+        gateway = {r.urn for r in self.resources(GATEWAY)}
+        if image.parent in gateway:
+            return self.images["nginx"]
+        return self.images["certbot" if repository == "certbot" else "stub"]
+
+    def recorded_name(self, reg: Registration) -> str | None:
+        """The generated name the program recorded for a service container (its `services` output):
+        nginx.conf names the upstreams by it, so the replay gives the container that name."""
+        services = plain(self.recording.stack_outputs.get("services") or {})
+        name = services.get(reg.name)
+        in_use = {live.name for live in self.containers.values()}
+        return str(name) if name and name not in in_use else None  # a replacement gets a new one
 
     # --- up ----------------------------------------------------------------------------------
 
@@ -146,6 +183,8 @@ class Replay:
         return waves
 
     def up(self) -> None:
+        if self.publish is not None:
+            self.realise_tls()
         with ThreadPoolExecutor(max_workers=16) as pool:
             for wave in self.waves():
                 # A failure in a wave stops the run after the wave, as the engine stops scheduling.
@@ -182,7 +221,7 @@ class Replay:
         api = self.client.api
         image = image or self.image_for(reg)
         # Pulumi auto-names a container without `name` as <resource name>-<7 random hex>.
-        name = name or i.get("name") or f"{reg.name}-{secrets.token_hex(4)[:7]}"
+        name = name or i.get("name") or self.recorded_name(reg) or f"{reg.name}-{secrets.token_hex(4)[:7]}"
         hc = i.get("healthcheck")
         # container_funcs: durations through time.ParseDuration (mirrored in components/canonical.py).
         health = Healthcheck(
@@ -204,10 +243,14 @@ class Replay:
             init=i.get("init"), restart_policy={"Name": i.get("restart", "no")},
             network_mode=i.get("networkMode"),
             log_config=LogConfig(type=i.get("logDriver", "json-file"), config=i.get("logOpts") or {}),
+            port_bindings=self.port_bindings(i.get("ports") or []) or None,
         )
         try:
             created = api.create_container(
-                image, name=name, command=i.get("command"), user=i.get("user"), environment=i.get("envs"),
+                # container_funcs: `if v, ok := d.GetOk("entrypoint")`: config.Entrypoint.
+                image, name=name, command=i.get("command"), entrypoint=i.get("entrypoints"), user=i.get("user"),
+                environment=i.get("envs"),
+                ports=[(int(p["internal"]), p.get("protocol", "tcp")) for p in i.get("ports") or []] or None,
                 hostname=i.get("hostname"), labels=_labels(i), healthcheck=health, stop_timeout=i.get("stopTimeout"),
                 host_config=host_config)
         except docker.errors.APIError as error:
@@ -229,7 +272,8 @@ class Replay:
         # `permissions`, Uid/Gid from owner/group) sent with CopyToContainer(ctx, id, "/", tar).
         for upload in i.get("uploads") or []:
             try:
-                api.put_archive(cid, "/", _upload_tar(upload))
+                api.put_archive(cid, "/", _upload_tar({**upload, "content": self.realised.get(
+                    str(upload.get("content", "")), upload.get("content", ""))}))
             except docker.errors.APIError as error:
                 # The provider keeps the container (recorded with init errors); the replay stops here.
                 api.remove_container(cid, force=True)
@@ -243,6 +287,63 @@ class Replay:
         if i.get("wait"):
             self.wait_healthy(live, float(i.get("waitTimeout", 60)))
         return live
+
+    def port_bindings(self, ports: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
+        """structures.go portSetToDockerPorts: ExposedPorts `<internal>/<protocol>` and PortBindings
+        {HostIP: ip, HostPort: external}; the host side moved as `publish` says (module docstring)."""
+        bindings: dict[str, list[tuple[str, int]]] = {}
+        for port in ports:
+            if self.publish is None or int(port["external"]) not in self.publish:
+                raise ReplayError("ports", "publish", f"no test mapping for recorded host port {port['external']}")
+            key = f"{int(port['internal'])}/{port.get('protocol', 'tcp')}"
+            bindings.setdefault(key, []).append(self.publish[int(port["external"])])
+        return bindings
+
+    def realise_tls(self) -> None:
+        """pulumi-tls's PrivateKey and SelfSignedCert, from their recorded inputs, with openssl.
+
+        hashicorp/terraform-provider-tls internal/provider: resource_private_key.go (ECDSA with the
+        named curve, PEM), resource_self_signed_cert.go + common_cert.go createCertificate (subject,
+        dns_names as SANs, validity_period_hours, allowed_uses as key usages, not a CA)."""
+        keys = {r.urn: r for r in self.resources(TLS_KEY)}
+        with tempfile.TemporaryDirectory(prefix="replay-tls-") as tmp:
+            for cert in self.resources(TLS_CERT):
+                i = plain(cert.inputs)
+                key_reg = next(keys[d] for d in cert.dependencies if d in keys)
+                k = plain(key_reg.inputs)
+                assert k.get("algorithm") == "ECDSA", k  # the program's only choice
+                curve = {"P256": "prime256v1", "P384": "secp384r1"}[k.get("ecdsaCurve", "P224")]
+                key_file, cert_file = Path(tmp, f"{cert.name}.key"), Path(tmp, f"{cert.name}.pem")
+                usages = {"digital_signature": "digitalSignature", "key_encipherment": "keyEncipherment"}
+                extended = {"server_auth": "serverAuth", "client_auth": "clientAuth"}
+                allowed = i.get("allowedUses") or []
+                subprocess.run(
+                    ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", f"ec_paramgen_curve:{curve}", "-nodes",
+                     "-subj", f"/CN={i['subject']['commonName']}",
+                     "-addext", "subjectAltName=" + ",".join(f"DNS:{n}" for n in i.get("dnsNames") or []),
+                     "-addext", "basicConstraints=critical,CA:FALSE",
+                     "-addext", "keyUsage=critical," + ",".join(usages[u] for u in allowed if u in usages),
+                     "-addext", "extendedKeyUsage=" + ",".join(extended[u] for u in allowed if u in extended),
+                     "-days", str(max(1, int(i["validityPeriodHours"]) // 24)),
+                     "-keyout", str(key_file), "-out", str(cert_file)], check=True, capture_output=True)
+                # What the strict mocks answered in synth (ops/mocks.py StrictMocks._computed), replaced
+                # wherever the program put it (the seed's uploads).
+                self.realised[self._mock_output(cert, "certPem")] = cert_file.read_text()
+                self.realised[self._mock_output(key_reg, "privateKeyPem")] = key_file.read_text()
+
+    def _mock_output(self, reg: Registration, prop: str) -> str:
+        mock = StrictMocks(self.recording.stack, "", {})
+        h = digest(self.recording.stack, reg.type, reg.name)
+        return str(mock._computed(reg.type, reg.name, plain(reg.inputs), h)[prop])
+
+    def run_command(self, name: str) -> subprocess.CompletedProcess[str]:
+        """A recorded `command:local:Command`'s `create`, as pulumi-command runs it (`sh -c`), against
+        this engine instead of the host's socket (pulumi/pulumi-command provider/pkg/provider/local)."""
+        reg = next(r for r in self.resources(COMMAND) if r.name == name)
+        script = str(plain(reg.inputs)["create"])
+        assert self.docker_host, "a Replay that runs commands needs docker_host"
+        return subprocess.run(["sh", "-c", script.replace(f"-H {HOST_DOCKER}", f"-H {shlex.quote(self.docker_host)}")],
+                              capture_output=True, text=True, timeout=60, check=False)
 
     def release(self, reg: Registration, *, image: str | None = None, extra_env: Mapping[str, str] | None = None) -> str:
         """A service's release command, as pulumi-command's local Command runs it: the recorded `create`
