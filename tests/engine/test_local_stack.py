@@ -323,12 +323,19 @@ def test_an_image_change_swaps_with_a_healthy_container_behind_the_alias(
     order = [e for _, e, n in swap_events if e in ("healthy", "stopping")]
     assert order[:2] == ["healthy", "stopping"], swap_events
     assert figures["min_healthy_behind_alias"] >= 1, figures
-    # Where it does not hold for a caller: requests fail only while the old container stops (it
-    # closes its listener on SIGTERM while Docker's DNS still hands out its address), never while
-    # the new one starts. That window is what the gateway and delivery issues close.
+    # Where it does not hold for a caller of the alias: Docker's DNS hands out a container's address
+    # as soon as it joins the network, healthy or not (moby#27279), so a request may meet the new
+    # container before its process listens (ECONNREFUSED between "started" and "healthy"), or the old
+    # one after it stopped listening (between "stopping" and some time after "removed", while
+    # resolvers still hold its address). Requests fail in those two windows only, never in steady
+    # state. The gateway avoids both by naming containers (render/nginx.py); service-to-service
+    # callers of an alias must retry (README, "the drain contract").
+    started = next(t for t, e, n in swap_events if e == "started" and n == new.name)
+    healthy = next(t for t, e, n in swap_events if e == "healthy" and n == new.name)
     stop = next(t for t, e, _ in swap_events if e == "stopping")
     removed = next(t for t, e, _ in swap_events if e == "removed")
-    assert all(stop - 0.2 <= t <= removed + 2.5 for t in figures["failure_times"]), figures
+    windows = [(started - 0.2, healthy + 0.2), (stop - 0.2, removed + 2.5)]
+    assert all(any(a <= t <= b for a, b in windows) for t in figures["failure_times"]), (windows, figures)
 
 
 PROBER = r"""
