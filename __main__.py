@@ -6,6 +6,7 @@ from components.backup import BackupStorage, BackupStorageArgs
 from components.data import DataStore, DataStoreArgs
 from components.gateway import Gateway, GatewayArgs
 from components.host import Host, HostArgs
+from components.monitoring import Monitoring, MonitoringArgs
 from components.network import Networks, NetworksArgs
 from components.secrets import SecretStore, SecretStoreArgs
 from components.service import AppService, AppServiceArgs
@@ -34,6 +35,9 @@ for name in env.service_order():
 gateway = Gateway("gateway", GatewayArgs(env=env, host=host, networks=networks, secrets=secrets,
                                          containers={name: svc.container for name, svc in services.items()
                                                      if env.services[name].routes}))
+# The eyes: Prometheus, Alertmanager, Grafana (under the gateway's /grafana/) and the exporters.
+monitoring = Monitoring("monitoring", MonitoringArgs(env=env, host=host, networks=networks, secrets=secrets,
+                                                     passwords={k: stores[k].password for k in ("postgres", "redis")}))
 
 pulumi.export("host_address", host.address)
 pulumi.export("url", f"https://{env.domain}")

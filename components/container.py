@@ -18,6 +18,7 @@ import pulumi
 import pulumi_docker as docker
 
 from components.canonical import canonical_cpus, canonical_duration
+from config.host_access import HOST_ACCESS, HostMount
 
 MiB = 1024 * 1024
 
@@ -68,6 +69,9 @@ class ContainerSpec:
     hostname: str | None = None
     shm_size_bytes: int | None = None  # /dev/shm; Docker's default is 64 MiB
     ports: Mapping[int, int] = field(default_factory=dict)  # host port -> container port (the edge only)
+    # Host paths bind-mounted into the container: only what config/host_access.py declares for this service.
+    host_mounts: Sequence[HostMount] = ()
+    extra_hosts: Mapping[str, str] = field(default_factory=dict)  # name -> address, in the container's /etc/hosts
     entrypoint: Sequence[str] | None = None  # None: the image's
 
 
@@ -80,6 +84,11 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
         raise ValueError(f"{name}: only the edge container publishes host ports")
     if spec.lifecycle == "edge" and not spec.fixed_name:
         raise ValueError(f"{name}: the edge container needs a fixed name (its reload addresses it by name)")
+    declared = HOST_ACCESS.get(spec.service)
+    binds = {(m.host_path, m.container_path, m.read_only) for m in spec.host_mounts}
+    binds |= {(m.host_path, m.container_path, m.read_only) for m in spec.mounts if m.host_path}
+    if binds - {(m.host_path, m.container_path, m.read_only) for m in (declared.mounts if declared else ())}:
+        raise ValueError(f"{name}: host mounts must be declared for {spec.service} in config/host_access.py")
     if spec.lifecycle == "stateful" and not spec.hostname:
         raise ValueError(f"{name}: a stateful container needs a fixed hostname (a store's identity must survive replacement)")
     labels = {
@@ -142,7 +151,11 @@ def hardened_container(name: str, spec: ContainerSpec, stack: str, opts: pulumi.
             docker.ContainerVolumeArgs(volume_name=m.volume_name, host_path=m.host_path,
                                        container_path=m.container_path, read_only=m.read_only)
             for m in spec.mounts
+        ] + [
+            docker.ContainerVolumeArgs(host_path=m.host_path, container_path=m.container_path, read_only=m.read_only)
+            for m in spec.host_mounts
         ] or None,
+        hosts=[docker.ContainerHostArgs(host=h, ip=ip) for h, ip in sorted(spec.extra_hosts.items())] or None,
         shm_size=spec.shm_size_bytes // MiB if spec.shm_size_bytes else None,
         # Every address of the host: the security group (ec2) decides who reaches them.
         ports=[docker.ContainerPortArgs(internal=inner, external=outer, ip="0.0.0.0", protocol="tcp")

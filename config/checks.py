@@ -415,3 +415,24 @@ def email(value: str) -> str:
                         r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)+", value):
         raise ValueError(f"{value!r} is not an e-mail address (ops@example.com)")
     return value
+
+
+# prometheus/common model/time.go ParseDuration: units in this order, each at most once (1h30m, 30d; not 90m30m).
+_PROM_DURATION = re.compile(r"(?:(\d+)y)?(?:(\d+)w)?(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?(?:(\d+)ms)?")
+_PROM_UNITS_MS = (365 * 86400_000, 7 * 86400_000, 86400_000, 3600_000, 60_000, 1000, 1)
+
+
+def prometheus_duration_ms(value: str) -> int:
+    match = _PROM_DURATION.fullmatch(value)
+    if not value or not match:
+        raise ValueError(f"{value!r} is not a Prometheus duration: a number with y, w, d, h, m, s or ms, "
+                         "largest unit first, each once (30s, 5m, 1h30m, 30d)")
+    return sum(int(n) * unit for n, unit in zip(match.groups(), _PROM_UNITS_MS, strict=True) if n)
+
+
+def prometheus_duration(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(f"{value!r} is not a duration: write it as a string such as 30s, 5m or 30d")
+    if prometheus_duration_ms(value) == 0:
+        raise ValueError(f"{value} is zero; give a duration greater than 0")
+    return value

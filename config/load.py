@@ -39,7 +39,7 @@ STACK_SERVICE_KEYS = frozenset({"image", "cpu", "memory", "env", "deploy_timeout
 SECRET_CONFIG_KEYS = frozenset({"host.ssh_private_key"})
 SECRET_PLACEHOLDER = "secure-config-placeholder"
 # Top-level settings that config/shared.yaml holds for every stack.
-SHARED_KEYS = frozenset({"env", "gateway", "postgres", "redis", "rabbitmq"})
+SHARED_KEYS = frozenset({"env", "gateway", "postgres", "redis", "rabbitmq", "monitoring"})
 
 Path_ = tuple[str, ...]
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present: 1000-service catalogs

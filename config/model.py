@@ -174,6 +174,13 @@ class Healthcheck(Strict):
     start_period: StartPeriod = "30s"
 
 
+class Metrics(Strict):
+    """Where a service serves Prometheus metrics (the monitoring scrapes it on the apps network)."""
+
+    path: Annotated[str, _check(checks.http_path)] = Field("/metrics", description="HTTP path of the metrics.")
+    port: Int | None = Field(None, ge=1024, le=65535, description="Container port; the service's `port` when unset.")
+
+
 def _release_arg(value: str) -> str:
     if not value.strip():
         raise ValueError("an empty argument; give the command as a list of words: [npx, prisma, migrate, deploy]")
@@ -218,6 +225,7 @@ class Service(Strict):
     stop_grace_seconds: Int = Field(ge=1, le=600)
     deploy_timeout_seconds: Int = Field(ge=10, le=1800, description="How long a new container may take to turn healthy.")
     healthcheck: Healthcheck
+    metrics: Metrics | None = Field(None, description="Prometheus metrics endpoint, when the service has one.")
     release: Release | None = Field(None, description="A release-phase command (migrations) run before the new containers start.")
 
     @property
@@ -336,6 +344,60 @@ class Tls(Strict):
                              description="`letsencrypt`: the certbot companion.")
 
 
+# Prometheus durations ("[0-9]+(ms|s|m|h|d|w|y)" units, concatenated: 1h30m); prometheus/common model.ParseDuration.
+PromDuration = Annotated[str, BeforeValidator(checks.prometheus_duration),
+                         Field(description="Prometheus duration (30s, 5m, 1h30m, 30d), > 0")]
+Ratio = Annotated[float, BeforeValidator(_no_bool), Field(gt=0, lt=1, allow_inf_nan=False)]
+
+
+class MonitoringContainer(Strict):
+    image: ImageRef = Field(description="Pinned image.")
+    cpu: Cpu = Field(description="CPU limit in cores.")
+    memory: MemorySize = Field(description="Container memory limit.")
+
+
+class AlertThresholds(Strict):
+    """When an alert fires. Every alert is tested with promtool on a series that crosses it and one that does not."""
+
+    down_for: PromDuration = Field("2m", description="How long a target may be unreachable (`up == 0`).")
+    error_ratio: Ratio = Field(0.05, description="Share of a service's answers that are 5xx, over 5 minutes.")
+    latency_p95_seconds: Annotated[float, BeforeValidator(_no_bool), Field(gt=0, le=600)] = Field(
+        1.0, description="95th percentile of a service's request duration, over 5 minutes.")
+    disk_full_hours: Int = Field(4, ge=1, le=720, description="Fire when a filesystem is predicted full within this "
+                                 "many hours (predict_linear over the last 6 hours).")
+    restarts: Int = Field(3, ge=1, le=100, description="Container starts within 15 minutes that count as restarting.")
+    memory_ratio: Ratio = Field(0.9, description="Working set over the container's memory limit.")
+    postgres_connections_ratio: Ratio = Field(0.8, description="Connections over the model's postgres.max_connections.")
+    certificate_days: Int = Field(14, ge=1, le=365, description="Days before the gateway certificate expires.")
+    backup_max_age_hours: Int = Field(26, ge=1, le=24 * 35, description="Age of the newest successful backup.")
+
+
+class Receiver(Strict):
+    """Where Alertmanager sends alerts; the URL is a secret (Secrets Manager), never a config value."""
+
+    name: str = Field(pattern=_KEY_NAME, description="Receiver name.")
+    kind: Literal["webhook", "slack"] = Field(description="`webhook` (POSTs Alertmanager's JSON) or `slack`.")
+    url: SecretRef | None = Field(None, description="Secret holding the webhook or Slack URL (required).")
+    channel: str | None = Field(None, description="`slack`: the channel (#alerts).")
+    send_resolved: bool = True
+
+
+class Monitoring(Strict):
+    """Prometheus, Alertmanager, Grafana and the exporters; nothing of it is published on a host port."""
+
+    retention: PromDuration = Field(description="How long Prometheus keeps samples (`--storage.tsdb.retention.time`).")
+    scrape_interval: PromDuration = "15s"
+    evaluation_interval: PromDuration = "15s"
+    alerts: AlertThresholds = Field(default_factory=AlertThresholds)  # type: ignore[arg-type]
+    receivers: list[Receiver] = Field(min_length=1, description="Alert destinations; every alert goes to each.")
+    prometheus: MonitoringContainer
+    alertmanager: MonitoringContainer
+    grafana: MonitoringContainer
+    node_exporter: MonitoringContainer
+    cadvisor: MonitoringContainer
+    postgres_exporter: MonitoringContainer
+    redis_exporter: MonitoringContainer
+    nginx_exporter: MonitoringContainer
 class BackupStorage(Strict):
     """The S3 bucket backups go to (`host.backup_bucket`, ec2 hosts), replicated to a second region.
 
@@ -496,6 +558,7 @@ class Environment(Strict):
     postgres: Postgres
     redis: Redis
     rabbitmq: RabbitMQ
+    monitoring: Monitoring = Field(description="Prometheus, Alertmanager, Grafana and the exporters.")
     backup_storage: BackupStorage = Field(default_factory=lambda: BackupStorage.model_validate({}),
                                           description="Backup bucket settings (used when `host.backup_bucket` is set).")
 
@@ -513,6 +576,7 @@ class Environment(Strict):
         refs |= {(reg.secret, key) for reg in self.registries for key in ("username", "password")}
         if self.tls.mode == "secretsmanager" and self.tls.secret:
             refs |= {(self.tls.secret, key) for key in ("certificate", "private_key")}
+        refs |= {(r.url.secret, r.url.key) for r in self.monitoring.receivers if r.url}
         return [SecretRef(secret=secret, key=key) for secret, key in sorted(refs)]
 
     def managed_secrets(self) -> dict[str, tuple[str, ...]]:

@@ -159,6 +159,7 @@ def _problems(env: Environment) -> Iterator[tuple[str, ...]]:
     for var in sorted(filter(secret_looking, env.env)):
         yield f"env.{var}", PLAIN_SECRET
     yield from _tls_problems(env)
+    yield from _monitoring_problems(env)
     for var in sorted(set(env.env) & DERIVED_NAMES):
         yield f"env.{var}", "is derived by the program; remove it"
     if env.postgres.shared_buffers >= env.postgres.memory:
@@ -231,6 +232,22 @@ def _tls_problems(env: Environment) -> Iterator[tuple[str, ...]]:
         yield "tls.mode", "a self-signed certificate is for staging and local; prod needs secretsmanager"
 
 
+def _monitoring_problems(env: Environment) -> Iterator[tuple[str, ...]]:
+    seen: dict[str, int] = {}
+    for i, receiver in enumerate(env.monitoring.receivers):
+        at = f"monitoring.receivers.{i}"
+        if receiver.name in seen:
+            yield f"{at}.name", f"{receiver.name} is already the name of receiver {seen[receiver.name]}"
+        seen.setdefault(receiver.name, i)
+        if receiver.url is None:
+            yield f"{at}.url", (f"is required: the {receiver.kind} URL comes from Secrets Manager "
+                                "({secret: <logical secret>, key: <key>}); an alert receiver without it delivers nothing")
+        if receiver.kind == "slack" and not receiver.channel:
+            yield f"{at}.channel", "is required for a slack receiver"
+        if receiver.kind != "slack" and receiver.channel:
+            yield f"{at}.channel", f"applies to slack receivers only; a {receiver.kind} receiver would ignore it"
+
+
 def _secret_problems(env: Environment) -> Iterator[tuple[str, ...]]:
     used: dict[str, list[str]] = {}
     if env.tls.mode == "secretsmanager" and env.tls.secret:
@@ -240,6 +257,9 @@ def _secret_problems(env: Environment) -> Iterator[tuple[str, ...]]:
             used.setdefault(ref.secret, []).append(f"services.{name}.secrets.{var}")
     for i, registry in enumerate(env.registries):
         used.setdefault(registry.secret, []).append(f"registries.{i}.secret")
+    for i, receiver in enumerate(env.monitoring.receivers):
+        if receiver.url:
+            used.setdefault(receiver.url.secret, []).append(f"monitoring.receivers.{i}.url")
     managed = env.managed_secrets()
     for name, svc in env.services.items():
         for var, ref in svc.secrets.items():

@@ -36,6 +36,7 @@ from pulumi_policy import (
 from pulumi_policy.proxy import UnknownValueError
 
 from config.checks import MUTABLE_TAGS, secret_looking
+from config.host_access import HOST_ACCESS
 
 MANDATORY = EnforcementLevel.MANDATORY
 ADVISORY = EnforcementLevel.ADVISORY
@@ -260,6 +261,23 @@ def container_docker_socket(res: Res) -> Iterator[str]:
     for path in paths:
         if path and str(path).rstrip("/") in DOCKER_SOCKETS:
             yield f"mounts the Docker socket ({path}): root on the host for whoever controls the container"
+
+
+def container_host_mounts(res: Res) -> Iterator[str]:
+    """A host path in a container only as config/host_access.py declares it for that service: same
+    host path, same container path, read-only. Nothing else of the host is mounted anywhere."""
+    if res.type != CONTAINER:
+        return
+    declared = HOST_ACCESS.get(service_of(res))
+    allowed = {(m.host_path, m.container_path, m.read_only) for m in declared.mounts} if declared else set()
+    binds = [(_map(v).get("hostPath"), _map(v).get("containerPath"), _map(v).get("readOnly") is True)
+             for v in _seq(res.get("volumes")) if _map(v).get("hostPath")]
+    binds += [(_map(m).get("source"), _map(m).get("target"), _map(m).get("readOnly") is True)
+              for m in _seq(res.get("mounts")) if _map(m).get("type") in (None, "bind")]
+    for host_path, container_path, read_only in binds:
+        if (host_path, container_path, read_only) not in allowed:
+            yield (f"mounts the host's {host_path} at {container_path}{'' if read_only else ' writable'}, which "
+                   f"config/host_access.py does not declare for {service_of(res)}")
 
 
 def container_no_new_privileges(res: Res) -> Iterator[str]:
@@ -606,6 +624,10 @@ RULES: tuple[Rule, ...] = (
     Rule("container-no-docker-socket", MANDATORY,
          "No container mounts the Docker socket, except declared exceptions (DOCKER_SOCKET_EXCEPTIONS, none today).",
          "remove the docker.sock mount, or declare the exception with its reason", container_docker_socket),
+    Rule("container-host-mounts", MANDATORY,
+         "Host paths are mounted only where config/host_access.py declares them (node-exporter, cAdvisor), "
+         "read-only, each with its reason.",
+         "remove the bind mount, or declare it with its reason in config/host_access.py", container_host_mounts),
     Rule("container-no-new-privileges", MANDATORY, "Containers set no-new-privileges.",
          "security_opts=['no-new-privileges:true']", container_no_new_privileges),
     Rule("container-read-only-root", ADVISORY,
@@ -655,9 +677,8 @@ RULES: tuple[Rule, ...] = (
          iam_no_wildcard_resource_write),
     Rule("routed-service-healthcheck", MANDATORY, "Every routed service (com.mysaaschat.kind: web) has a healthcheck.",
          "give the service a healthcheck: the gateway and `up` rely on it", stack=routed_service_healthcheck),
-    Rule("routed-service-scrape-target", ADVISORY,
-         "Every routed service is a scrape target of monitoring (a resource labelled com.mysaaschat.scrapes listing it)."
-         + _advisory_until("monitoring resources"),
+    Rule("routed-service-scrape-target", MANDATORY,
+         "Every routed service is a scrape target of monitoring (a resource labelled com.mysaaschat.scrapes listing it).",
          "list the service in the monitoring component's com.mysaaschat.scrapes label", stack=routed_service_scrape_target),
     Rule("store-backup", ADVISORY,
          "Every store has a backup (a resource labelled or tagged com.mysaaschat.backup-of listing it)."

@@ -16,6 +16,13 @@ DAEMON_JSON = {
     "log-opts": {"max-size": "10m", "max-file": "5"},
     "no-new-privileges": True,
     "userland-proxy": False,
+    # The default bridge's address, pinned (Docker's default, 172.17.0.1/16) because the engine's metrics
+    # listen on it: dockerd binds `metrics-addr` after creating its networks and exits if the bind fails
+    # (moby v20.10.24 cmd/dockerd/daemon.go start: `startMetricsServer(cli.Config.MetricsAddress)` after
+    # `daemon.NewDaemon`; metrics.go: `net.Listen("tcp", addr)`, no experimental flag needed in 20.10).
+    # Not on a public address: Prometheus reaches it as host.docker.internal (render/monitoring.py).
+    "bip": "172.17.0.1/16",
+    "metrics-addr": "172.17.0.1:9323",
 }
 
 # Formats the data volume only when `blkid -p` (a low-level probe of the device itself, no

@@ -17,3 +17,13 @@ BACKUP_LAST_SUCCESS = "mysaaschat_backup_last_success_timestamp_seconds"
 BACKUP_ARCHIVE_LAST_SUCCESS = "mysaaschat_backup_archive_last_success_timestamp_seconds"
 # Seconds between the newest WAL the server wrote and the newest one in the repository, label: stanza.
 BACKUP_ARCHIVE_LAG = "mysaaschat_backup_archive_lag_seconds"
+
+# What every product service serves on its `metrics` endpoint (express-prom-bundle's defaults, which
+# prom-client services use): a histogram of request durations with the status code as a label. The
+# 5xx-ratio and p95-latency alerts and the per-service dashboard read these names.
+SERVICE_REQUEST_DURATION = "http_request_duration_seconds"
+SERVICE_STATUS_LABEL = "status_code"
+
+# Unix time the gateway's certificate expires (label: domain), written into TEXTFILE_HOST_DIR by
+# whatever renews or installs the certificate (`tls-cert.prom`); the "certificate expiring" alert reads it.
+TLS_CERT_NOT_AFTER = "mysaaschat_tls_certificate_not_after_timestamp_seconds"

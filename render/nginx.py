@@ -20,6 +20,7 @@ import crossplane
 
 from config import Environment
 from config.model import Route
+from render.monitoring import GATEWAY_STATUS_PATH, GATEWAY_STATUS_PORT, GRAFANA_PORT, GRAFANA_SUB_PATH, grafana_alias
 
 Directive = dict[str, Any]
 
@@ -37,6 +38,7 @@ class Layout:
     listen_address: str = ""  # "" = every address of the container
     access_log: str = "/dev/stdout"
     error_log: str = "/dev/stderr"
+    status_port: int = GATEWAY_STATUS_PORT  # stub_status for the monitoring's nginx exporter; never published
     # `tls.mode: letsencrypt`: the certificate, key and challenge files live in the ACME volume
     # (render/acme.py), not in the config volume; "" = the config volume's.
     acme_dir: str = ""
@@ -171,6 +173,41 @@ def route_block(env: Environment, service: str, route: Route) -> list[Directive]
     return [d("location", "=", prefix, block=body), d("location", f"{prefix}/", block=[dict(x) for x in body])]
 
 
+def status_server(layout: Layout) -> Directive:
+    """nginx's stub_status for nginx-prometheus-exporter (render/monitoring.py), on a port the gateway
+    does not publish: only containers on the apps network reach it."""
+    return d("server", block=[
+        d("listen", layout.listen(layout.status_port)),
+        d("access_log", "off"),
+        d("location", "=", GATEWAY_STATUS_PATH, block=[d("stub_status")]),
+        d("location", "/", block=[d("return", "404")]),
+    ])
+
+
+def grafana_locations(env: Environment) -> list[Directive]:
+    """Grafana under /grafana/, behind its own login (render/monitoring.py grafana_env: serve_from_sub_path).
+
+    Resolved by Docker's DNS (127.0.0.11) when a request comes, through a variable: nginx would refuse
+    to (re)load a configuration naming a host it cannot resolve, and the gateway must keep serving the
+    product when Grafana is absent or being replaced. A variable without a URI part passes the request
+    URI unchanged (ngx_http_proxy_module, proxy_pass)."""
+    body = [
+        d("resolver", "127.0.0.11", "valid=10s", "ipv6=off"),
+        d("set", "$grafana", f"http://{grafana_alias()}:{GRAFANA_PORT}"),
+        d("proxy_pass", "$grafana"),
+        d("proxy_http_version", "1.1"),
+        d("proxy_set_header", "Connection", ""),
+        d("proxy_set_header", "Host", "$host"),
+        d("proxy_set_header", "X-Real-IP", "$remote_addr"),
+        d("proxy_set_header", "X-Forwarded-For", "$remote_addr"),
+        d("proxy_set_header", "X-Forwarded-Proto", "https"),
+        d("proxy_set_header", "X-Request-ID", "$req_id"),
+        *security_headers(env, csp=False),
+    ]
+    return [d("location", "^~", f"{GRAFANA_SUB_PATH}/", block=body),
+            d("location", "=", GRAFANA_SUB_PATH, block=[d("return", "301", f"{GRAFANA_SUB_PATH}/")])]
+
+
 def render_nginx(env: Environment, containers: Mapping[str, str], layout: Layout = Layout()) -> str:
     """nginx.conf for the stack; `containers` maps each routed service to its current container name."""
     routed = {name: svc for name, svc in sorted(env.services.items()) if svc.routes}
@@ -214,7 +251,8 @@ def render_nginx(env: Environment, containers: Mapping[str, str], layout: Layout
         dict(health),
         d("location", "/", block=[d("return", "301", f"https://{env.domain}$request_uri")]),
     ]))
-    locations: list[Directive] = [health, *(health_block(env, svc, path) for svc, path in health_routes(env).items())]
+    locations: list[Directive] = [health, *grafana_locations(env),
+                                  *(health_block(env, svc, path) for svc, path in health_routes(env).items())]
     for name, svc in routed.items():
         for route in svc.routes:
             locations += route_block(env, name, route)
@@ -235,6 +273,7 @@ def render_nginx(env: Environment, containers: Mapping[str, str], layout: Layout
         d("location", "@too_large", block=[*json_error, d("return", "413", TOO_LARGE_BODY)]),
         *locations,
     ]))
+    http.append(status_server(layout))
     main = [
         d("worker_processes", "auto"),
         d("pid", f"{t}/nginx.pid"),

@@ -153,7 +153,7 @@ class Gateway:
         self.nginx: subprocess.Popen[bytes] | None = None
         self.layout = Layout(conf_dir=str(root), temp_dir=str(root / "tmp"), http_port=free_port(),
                              https_port=free_port(), listen_address="127.0.0.1", access_log=str(root / "access.log"),
-                             error_log=str(root / "error.log"))
+                             error_log=str(root / "error.log"), status_port=free_port())
         routed = sorted(n for n, s in self.env.services.items() if s.routes)
         # Every other routed service's name resolves (nginx resolves every upstream at load) to an
         # address nothing listens on: the load only goes to the swapped service.

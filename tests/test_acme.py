@@ -182,7 +182,7 @@ def live(rec: Recording) -> Iterator[tuple[Gateway, Path]]:
         (prefix / "tmp").mkdir(parents=True)
         layout = Layout(conf_dir=str(prefix), temp_dir=str(prefix / "tmp"), http_port=free_port(),
                         https_port=free_port(), listen_address="127.0.0.1", access_log=str(prefix / "access.log"),
-                        error_log=str(prefix / "error.log"), acme_dir=str(acme_dir))
+                        error_log=str(prefix / "error.log"), acme_dir=str(acme_dir), status_port=free_port())
         # The companion's start, up to certbot: directories and the temporary pair (real python3).
         start = acme.companion_script(rec.env, str(acme_dir)).split("while :; do")[0]
         done = subprocess.run(["sh", "-c", start.replace("python3 -c", f"{python} -c")],

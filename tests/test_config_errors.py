@@ -187,6 +187,19 @@ CASES: list[tuple[str, Mut, str, str]] = [
     ("tls-secret-unmapped", drop_in("secrets.tls"), f"{S}: secrets.tls", "tls.secret"),
     ("tls-missing", drop("tls"), f"{S}: tls", "required"),
     ("gateway-body", stack_in("gateway.max_body", "10MB"), f"{S}: gateway.max_body", "Ki, Mi or Gi"),
+    # Monitoring: an alert receiver needs its URL from Secrets Manager, and that secret must be mapped.
+    ("receiver-without-secret", stack_in("monitoring.receivers", [{"name": "ops", "kind": "webhook"}]),
+     f"{S}: monitoring.receivers.0.url", "is required"),
+    ("receiver-secret-unmapped", stack_in("monitoring.receivers", [
+        {"name": "ops", "kind": "webhook", "url": {"secret": "pager", "key": "url"}}]),
+     f"{S}: secrets.pager", "monitoring.receivers.0.url"),
+    ("receiver-slack-channel", stack_in("monitoring.receivers", [
+        {"name": "ops", "kind": "slack", "url": {"secret": "monitoring", "key": "slack_url"}}]),
+     f"{S}: monitoring.receivers.0.channel", "is required"),
+    ("retention-duration", stack_in("monitoring.retention", "30 days"), f"{S}: monitoring.retention",
+     "not a Prometheus duration"),
+    ("monitoring-secret-unmapped", drop_in("secrets.monitoring"), f"{S}: secrets.monitoring",
+     "monitoring.receivers.0.url"),
 ]
 
 

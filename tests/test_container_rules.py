@@ -29,3 +29,23 @@ def spec(**overrides: Any) -> ContainerSpec:
 def test_replacement_guards(overrides: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         hardened_container("x", spec(**overrides), "test", pulumi.ResourceOptions())
+
+
+def test_host_mounts_only_as_declared() -> None:
+    """Host paths reach a container only as config/host_access.py declares them for that service."""
+    from config.host_access import HOST_ACCESS, HostMount
+
+    declared = HOST_ACCESS["node-exporter"].mounts[0]
+    with pytest.raises(ValueError, match="host mounts must be declared"):
+        hardened_container("x", spec(service="auth-service", host_mounts=[declared]), "test", pulumi.ResourceOptions())
+    with pytest.raises(ValueError, match="host mounts must be declared"):
+        hardened_container("x", spec(service="node-exporter", host_mounts=[HostMount("/etc", "/host/etc", "no")]),
+                           "test", pulumi.ResourceOptions())
+
+
+def test_a_bind_mount_through_mounts_is_checked_too() -> None:
+    from components.container import Mount
+
+    with pytest.raises(ValueError, match="host mounts must be declared"):
+        hardened_container("x", spec(service="postgres", mounts=[Mount(None, "/etc", read_only=True, host_path="/etc")]),
+                           "test", pulumi.ResourceOptions())

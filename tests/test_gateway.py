@@ -81,7 +81,9 @@ def test_routes_limits_and_headers(rec: Recording, tmp_path: Path) -> None:
         assert one(upstream, "server")["args"] == [f"{container}:{env.services[svc].port}"]
     # Only idempotent requests are retried: no `non_idempotent`.
     assert "non_idempotent" not in one(http, "proxy_next_upstream")["args"]
-    plain_http, tls = [s["block"] for s in find(http, "server")]
+    plain_http, tls, status = [s["block"] for s in find(http, "server")]
+    # The third server: stub_status for the monitoring's exporter, on a port the gateway does not publish.
+    assert one(status, "listen")["args"] == ["8081"] and one(status, "location", "=", "/stub_status")
     assert one(tls, "ssl_protocols")["args"] == ["TLSv1.2", "TLSv1.3"]
     # Port 80: the ACME path is served, everything else redirects to HTTPS.
     assert one(plain_http, "location", "^~", "/.well-known/acme-challenge/")

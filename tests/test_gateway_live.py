@@ -193,7 +193,8 @@ def start(stack: str, root: Path) -> Gateway:
     (prefix / "tmp").mkdir(parents=True)
     (prefix / "tls").mkdir()
     layout = Layout(conf_dir=str(prefix), temp_dir=str(prefix / "tmp"), http_port=free_port(), https_port=free_port(),
-                    listen_address="127.0.0.1", access_log=str(prefix / "access.log"), error_log=str(prefix / "error.log"))
+                    listen_address="127.0.0.1", access_log=str(prefix / "access.log"), error_log=str(prefix / "error.log"),
+                    status_port=free_port())
     subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
                     "-subj", f"/CN={rec.env.domain}", "-addext", f"subjectAltName=DNS:{rec.env.domain}",
                     "-days", "1", "-keyout", layout.key, "-out", layout.cert], check=True, capture_output=True)

@@ -12,6 +12,10 @@ from ops.strict import SECRET_SIG
 CONTAINER = "docker:index/container:Container"
 STORES = {"postgres", "redis", "rabbitmq"}
 GATEWAY = "gateway"
+# components/monitoring.py: Prometheus and Alertmanager keep data (stateful); the others are stateless.
+MONITORING = {"prometheus", "alertmanager", "grafana", "node-exporter", "cadvisor", "postgres-exporter",
+              "redis-exporter", "nginx-exporter"}
+MONITORING_DATA = {"prometheus", "alertmanager"}
 
 
 def _lifecycle(reg: Registration) -> str:
@@ -22,7 +26,8 @@ def containers(rec: Recording) -> list[Registration]:
     """The containers that run (services, stores, the gateway, the backup scheduler where the stack has a
     repository), not the never-started seeds."""
     found = [r for r in rec.resources.values() if r.type == CONTAINER and _lifecycle(r) != "seed"]
-    assert len(found) == len(rec.env.services) + len(STORES) + 1 + (rec.env.host.backup_bucket is not None)
+    assert len(found) == (len(rec.env.services) + len(STORES) + 1 + len(MONITORING)
+                          + (rec.env.host.backup_bucket is not None))
     return found
 
 
@@ -40,14 +45,15 @@ def test_no_upload_targets_a_read_only_container(rec: Recording) -> None:
 
 
 def test_seeds_never_run_and_hold_no_privilege(rec: Recording) -> None:
-    assert {s.name for s in seeds(rec)} == {f"{k}-files" for k in (*STORES, GATEWAY)}
+    with_files = (*STORES, GATEWAY, "prometheus", "alertmanager", "grafana", "postgres-exporter", "redis-exporter")
+    assert {s.name for s in seeds(rec)} == {f"{k}-files" for k in with_files}
     for s in seeds(rec):
         i = s.inputs
         assert i["start"] is False and i["mustRun"] is False and i["restart"] == "no", s.name
         assert i["networkMode"] == "none" and "networksAdvanced" not in i, s.name
         assert i["capabilities"] == {"drops": ["ALL"]} and i["securityOpts"] == ["no-new-privileges:true"], s.name
         assert i["uploads"] and all(u["permissions"] == "0400" for u in i["uploads"]), s.name
-    for store in (c for c in containers(rec) if c.name in (*STORES, GATEWAY)):
+    for store in (c for c in containers(rec) if c.name in with_files):
         seed = next(s for s in seeds(rec) if s.name == f"{store.name}-files")
         assert seed.urn in store.dependencies, store.name  # the files exist before the store starts
         seeded = {v["volumeName"] for v in seed.inputs["volumes"]}
@@ -150,7 +156,7 @@ def test_data_stores_sit_only_on_the_internal_data_network(rec: Recording) -> No
 
 def test_stateful_volumes_are_protected_and_retained(rec: Recording) -> None:
     volumes = [r for r in rec.resources.values() if r.type == "docker:index/volume:Volume" and r.name.endswith("-data")]
-    assert {v.name for v in volumes} == {f"{s}-data" for s in STORES}
+    assert {v.name for v in volumes} == {f"{s}-data" for s in (*STORES, *MONITORING_DATA)}
     assert all(v.protect and v.retain_on_delete for v in volumes)
     ebs = [r for r in rec.resources.values() if r.type == "aws:ebs/volume:Volume"]
     assert len(ebs) == (1 if rec.env.host.kind == "ec2" else 0)
@@ -165,7 +171,7 @@ def test_replacement_strategy(rec: Recording) -> None:
             # Ports 80/443 are held by one container at a time: stop-first, fixed name.
             assert c.replace_on_changes == ["healthcheck"] and c.delete_before_replace, c.name
             assert c.inputs["wait"] is True
-        elif c.name in STORES:
+        elif c.name in (*STORES, *MONITORING_DATA):
             assert c.replace_on_changes == ["healthcheck"], c.name
             # Never two writers on one volume: fixed name, stop first. A fixed host name keeps the
             # store's identity: RabbitMQ's node (and Mnesia directory) is rabbit@<hostname>.

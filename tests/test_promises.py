@@ -27,7 +27,7 @@ from ops.runner import Recording
 from render import pgbackrest as pbr
 from render.cloud_init import render_user_data
 from tests.conftest import recording
-from tests.test_graph import plain
+from tests.test_graph import MONITORING, MONITORING_DATA, plain
 
 CONTAINER = "docker:index/container:Container"
 MiB = 1024 * 1024
@@ -117,7 +117,7 @@ def check_model_values(rec: Recording) -> None:
 def test_every_image_is_kept_on_the_host_for_the_swap(rec: Recording) -> None:
     """keep_locally: during a start-first swap the old container still runs on the old image."""
     images = of_type(rec, "docker:index/remoteImage:RemoteImage")
-    assert len(images) == len(rec.env.services) + len(STORES) + 1  # + the gateway's
+    assert len(images) == len(rec.env.services) + len(STORES) + 1 + len(MONITORING)  # + the gateway's
     assert all(i.inputs["keepLocally"] is True for i in images)
 
 
@@ -230,8 +230,9 @@ def test_stores_keep_their_identity_and_their_files(rec: Recording) -> None:
 def test_fixed_name_volumes_replace_delete_first_and_data_is_kept(rec: Recording) -> None:
     volumes = of_type(rec, "docker:index/volume:Volume")
     backups = rec.env.host.backup_bucket is not None
-    # data and secrets per store, the gateway's config; with backups Postgres's shared socket directory
-    assert len(volumes) == 2 * len(STORES) + 1 + backups
+    # Data and secrets per store, the gateway's config; with backups Postgres's shared socket directory;
+    # monitoring: five config volumes, two data volumes.
+    assert len(volumes) == 2 * len(STORES) + 1 + backups + 5 + len(MONITORING_DATA)
     for v in volumes:
         assert v.delete_before_replace is True, v.name  # a second volume with one name cannot exist
         kept = v.name.endswith("-data") or (backups and v.name == "postgres-run")  # a store writes both
@@ -350,7 +351,8 @@ def written(path: str) -> str:
 def test_daemon_json_options() -> None:
     daemon = json.loads(written("/etc/docker/daemon.json"))
     assert daemon == {"live-restore": True, "log-driver": "json-file", "log-opts": {"max-size": "10m", "max-file": "5"},
-                      "no-new-privileges": True, "userland-proxy": False}
+                      "no-new-privileges": True, "userland-proxy": False,
+                      "bip": "172.17.0.1/16", "metrics-addr": "172.17.0.1:9323"}
 
 
 def test_docker_requires_the_data_volume_mount() -> None:

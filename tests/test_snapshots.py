@@ -52,6 +52,7 @@ def test_cli_synth_is_byte_identical_and_honours_the_secrets_file(tmp_path: Path
                                 "api_key": "sk-openai-abcdefgh", "dsn": "https://k@sentry.example/1",
                                 "url": "smtp://user:pass@smtp.example:587",
                                 "username": "deploy-bot", "password": "ghp_" + "t" * 36,
+                                "alert_webhook_url": "https://hooks.example/a",
                                 "passphrase": "backup-passphrase-" + "p" * 24})
                for sid in recording("staging").env.secrets.values()}
     (tmp_path / "s.json").write_text(json.dumps(secrets))

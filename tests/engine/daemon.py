@@ -31,6 +31,9 @@ CACHE_DIR = Path(os.environ.get("MSC_ENGINE_CACHE", "/var/cache/mysaaschat-engin
 # Nothing else on these machines uses 10.213/16: docker0 gets one /24 of it, each test network another.
 ADDRESS_POOL = "10.213.0.0/17"
 BRIDGE_IP = "10.213.200.1/24"
+# dockerd's own metrics on its default bridge's address, as render/cloud_init.py configures the host
+# (`bip` and `metrics-addr`), so the monitoring's route to them is tested on the engine.
+METRICS_ADDR = f"{BRIDGE_IP.split('/')[0]}:9323"
 TEST_LABEL = "com.mysaaschat.engine-test"
 KEY_FILE = Path("/etc/docker/key.json")  # dockerd 20.10 writes its trust key here, whatever the roots
 
@@ -143,6 +146,7 @@ def _run_engine(dockerd: str, data_root: Path) -> Iterator[Engine]:
             [dockerd, "--data-root", str(data_root), "--exec-root", str(run_dir / "exec"),
              "--pidfile", str(run_dir / "docker.pid"), "-H", socket, f"--bip={BRIDGE_IP}",
              "--default-address-pool", f"base={ADDRESS_POOL},size=24", "--log-level=warn",
+             f"--metrics-addr={METRICS_ADDR}",
              # Names the embedded DNS does not know are forwarded to this server: nothing listens
              # there, so no test's lookup ever leaves the machine.
              "--dns=127.0.0.1"],

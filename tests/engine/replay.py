@@ -50,6 +50,7 @@ MiB = 1024 * 1024
 CONTAINER = "docker:index/container:Container"
 NETWORK = "docker:index/network:Network"
 GATEWAY = "my-saas-chat:gateway:Gateway"
+MONITORING = "my-saas-chat:monitoring:Monitoring"
 VOLUME = "docker:index/volume:Volume"
 IMAGE = "docker:index/remoteImage:RemoteImage"
 COMMAND = "command:local:Command"
@@ -124,9 +125,12 @@ class Replay:
         """Docker resources in dependency order (the engine walks the same graph)."""
         docker_types = (NETWORK, VOLUME, CONTAINER)
         releases = {r.urn for r in self.recording.resources.values() if r.type in COMMANDS and r.name.endswith("-release")}
-        # The gateway (its config volume, seed and container) only with somewhere to publish it.
-        gateway = set() if self.publish is not None else {
-            r.urn for r in self.recording.resources.values() if r.type == GATEWAY}
+        # The gateway (its config volume, seed and container) only with somewhere to publish it. Never
+        # monitoring (no stand-ins for its images; its files are proven by the real tools in
+        # tests/test_monitoring*.py).
+        monitoring = {r.urn for r in self.recording.resources.values() if r.type == MONITORING}
+        gateway = monitoring | (set() if self.publish is not None else {
+            r.urn for r in self.recording.resources.values() if r.type == GATEWAY})
         regs = {r.urn: r for r in self.recording.resources.values()
                 if ((r.type in docker_types and r.parent not in gateway) or r.urn in releases)
                 and (self.select is None or self.select(r))}
