@@ -76,11 +76,13 @@ def _messages(stanza: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Window:
-    """What can be restored: the backups, and the time range their archived WAL covers."""
+    """What can be restored: the backups, and the time range their archived WAL covers. `expired`:
+    labels backup.info still lists whose files the bucket lifecycle has removed (not restorable)."""
 
     backups: list[dict[str, Any]]
     earliest: dt.datetime | None
     latest: dt.datetime | None
+    expired: frozenset[str] = frozenset()
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         return [(b["label"], b["type"], _ts(b["timestamp"]["start"]), _ts(b["timestamp"]["stop"])) for b in self.backups]
@@ -90,18 +92,56 @@ def _ts(epoch: int) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
 
 
-def window(runtime: pbr.Runtime) -> Window:
-    """Backups and the recoverable window: from the oldest backup's end (its consistency point) to
-    the newest archived WAL (its time is read from the archive's last segment: pgBackRest's info
-    gives segment names, so the upper bound is the last backup's stop or, with a running server,
-    `pg_stat_archiver.last_archived_time`, whichever is later)."""
+def backup_manifest_key(stack: str, label: str) -> str:
+    """Where pgBackRest keeps a backup set's manifest (repo1-path=/<stack>; pgbackrest src/info/manifest.h
+    BACKUP_MANIFEST_FILE under the set's directory, src/command/backup/common.h backupFileRepoPathP)."""
+    return f"{stack}/backup/{pbr.STANZA}/{label}/backup.manifest"
+
+
+def expired_backups(backups: list[dict[str, Any]], *, bucket: str, stack: str) -> frozenset[str]:
+    """Backups backup.info lists whose set the lifecycle has expired, and those that depend on one.
+
+    pgBackRest runs with `expire-auto=n` (the host may not delete): the bucket lifecycle expires
+    the set's objects (a delete marker on a versioned bucket) while backup.info keeps listing it.
+    A set is gone when its `backup.manifest` is (restore reads it first); a diff or incr backup is
+    unusable when any set it references (`reference` in `info --output=json`, pgbackrest
+    src/command/info/info.c BACKUP_KEY_REFERENCE) is gone."""
+    from botocore.exceptions import ClientError
+
+    client = s3_client()
+    try:  # HEAD on an object of a missing bucket is a 404 too: it must not read as "expired"
+        client.head_bucket(Bucket=bucket)
+    except ClientError as error:
+        raise BackupError(f"cannot read the backup bucket s3://{bucket}: {error}") from error
+    gone: set[str] = set()
+    for backup in backups:
+        label = str(backup["label"])
+        try:
+            client.head_object(Bucket=bucket, Key=backup_manifest_key(stack, label))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                gone.add(label)
+            else:
+                raise BackupError(f"cannot check backup {label} in s3://{bucket}: {error}") from error
+    return frozenset(str(b["label"]) for b in backups
+                     if str(b["label"]) in gone or any(str(ref) in gone for ref in (b.get("reference") or [])))
+
+
+def window(runtime: pbr.Runtime, *, bucket: str | None = None, stack: str | None = None) -> Window:
+    """Backups and the recoverable window: from the oldest restorable backup's end (its consistency
+    point) to the newest archived WAL (its time is read from the archive's last segment: pgBackRest's
+    info gives segment names, so the upper bound is the last backup's stop or, with a running server,
+    `pg_stat_archiver.last_archived_time`, whichever is later). With `bucket`, backups whose files
+    the lifecycle has expired are flagged and left out of the window."""
     stanza = repository(runtime)
     backups = [b for b in stanza.get("backup", []) if not b.get("error")]
-    if not backups:
-        return Window([], None, None)
-    earliest = dt.datetime.fromtimestamp(min(b["timestamp"]["stop"] for b in backups), dt.UTC)
-    latest = dt.datetime.fromtimestamp(max(b["timestamp"]["stop"] for b in backups), dt.UTC)
-    return Window(backups, earliest, latest)
+    expired = expired_backups(backups, bucket=bucket, stack=stack or "") if bucket and backups else frozenset()
+    usable = [b for b in backups if str(b["label"]) not in expired]
+    if not usable:
+        return Window(backups, None, None, expired)
+    earliest = dt.datetime.fromtimestamp(min(b["timestamp"]["stop"] for b in usable), dt.UTC)
+    latest = dt.datetime.fromtimestamp(max(b["timestamp"]["stop"] for b in usable), dt.UTC)
+    return Window(backups, earliest, latest, expired)
 
 
 def backup_now(runtime: pbr.Runtime, kind: str = "full") -> str:
@@ -392,13 +432,18 @@ def _guard(action: Any) -> Any:
 @backup_app.command("list")
 def list_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = IncludeOpt, pg_data: Path = DataOpt,
              socket: Path = SocketOpt, port: int = PortOpt, user: str = UserOpt,
+             bucket: Optional[str] = typer.Option(None, "--bucket", help="Default: the stack's host.backup_bucket; "
+                                                  "used to flag backups the bucket lifecycle has expired."),
              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Backups in the repository and the recoverable time window."""
+    """Backups in the repository and the recoverable time window; backups whose files the bucket
+    lifecycle has expired are flagged (backup.info still lists them)."""
     run = _runtime(conf, include, pg_data, socket, port, user)
-    win: Window = _guard(lambda: window(run))
+    where = _bucket(stack, bucket)
+    win: Window = _guard(lambda: window(run, bucket=where, stack=stack))
     if as_json:
-        typer.echo(json.dumps({"stack": stack, "backups": [dict(zip(("label", "type", "start", "stop"), r, strict=True))
-                                                           for r in win.rows()],
+        typer.echo(json.dumps({"stack": stack, "backups": [
+            {**dict(zip(("label", "type", "start", "stop"), r, strict=True)), "expired": r[0] in win.expired}
+            for r in win.rows()],
                                "earliest": win.earliest.isoformat() if win.earliest else None,
                                "latest_backup": win.latest.isoformat() if win.latest else None}, indent=2))
         return
@@ -406,17 +451,20 @@ def list_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = Includ
     from rich.table import Table
 
     table = Table(title=f"{stack}: pgBackRest stanza {pbr.STANZA}")
-    for column in ("label", "type", "start", "stop"):
+    for column in ("label", "type", "start", "stop", "files"):
         table.add_column(column)
     for row in win.rows():
-        table.add_row(*row)
+        table.add_row(*row, "EXPIRED by the bucket lifecycle" if row[0] in win.expired else "present")
     console = Console()
     console.print(table)
+    if win.expired:
+        console.print(f"{len(win.expired)} backup(s) listed in backup.info are no longer restorable: the lifecycle "
+                      "expired their files (or those of the full backup they depend on)")
     if win.earliest:
         console.print(f"recoverable: from {win.earliest.isoformat()} to the newest archived WAL "
                       f"(archive_timeout behind now at most)")
     else:
-        console.print("no backup yet: nothing is recoverable")
+        console.print("no restorable backup: nothing is recoverable")
 
 
 @backup_app.command("run")
