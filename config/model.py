@@ -395,6 +395,11 @@ class Postgres(DataStoreBase):
     shared_buffers: MiBSize = Field(description="Must stay below `memory`.")
     effective_cache_size: MiBSize
     max_connections: Int = Field(ge=10, le=5000)
+    data_volume: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]+$",
+        description="Docker volume the store runs on. Default: the program's own `mysaaschat-<stack>-postgres-data`. "
+                    "`ops backup restore --volume` writes the restored, checked volume here; the default volume "
+                    "stays (protected, never deleted by the program).")
 
     @field_validator("database")
     @classmethod

@@ -393,6 +393,8 @@ SocketOpt = typer.Option("/var/run/postgresql", "--socket", help="The live serve
 PortOpt = typer.Option(5432, "--port", help="The live server's port.")
 UserOpt = typer.Option("postgres", "--db-user", help="Superuser pgBackRest and the checks connect as.")
 ScratchOpt = typer.Option(None, "--scratch", help="Scratch directory (default: a temporary one).")
+ExpectOpt = typer.Option([], "--expect-rows", help="With --volume: DB:SCHEMA.TABLE=ROWS the restored copy must hold "
+                         "(repeatable).")
 
 
 def _runtime(conf: Path, include: Path, pg_data: Path, socket: Path, port: int, user: str) -> pbr.Runtime:
@@ -490,15 +492,23 @@ def restore_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = Inc
                 at: Optional[str] = typer.Option(None, "--time", help="Restore to this time (e.g. '2026-11-26 01:02:03+00')."),
                 latest: bool = typer.Option(False, "--latest", help="Restore to the end of the archived WAL."),
                 yes: bool = typer.Option(False, "--yes", help="Really switch the store to the restored copy."),
+                volume: bool = typer.Option(False, "--volume", help="On the stack's Docker engine: restore into a NEW "
+                                            "Docker volume, check it, then point the stack at it (ops/backup_host.py)."),
+                docker_host: Optional[str] = typer.Option(None, "--docker-host", help="With --volume: the engine "
+                                                          "(default: the stack's; ssh://USER@ADDRESS for ec2)."),
+                expect: list[str] = ExpectOpt,
                 ) -> None:
-    """Restore into a NEW directory, start and check it there, and only then switch the store to it.
-    The old data directory is kept beside it (`<dir>.before-<time>`) until you remove it."""
+    """Restore into a NEW directory (or, with --volume, a new Docker volume on the stack's engine), start
+    and check it there, and only then switch the store to it. What was live is kept until you remove it."""
     if (at is None) == (not latest):
         typer.echo("say what to restore: --time T or --latest", err=True)
         raise typer.Exit(2)
     if not yes:
         typer.echo(f"restore of {stack} switches the live store to a restored copy: refusing without --yes", err=True)
         raise typer.Exit(2)
+    if volume:
+        _restore_volume(stack, at, docker_host, expect)
+        return
     run = _runtime(conf, include, pg_data, socket, port, user)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     live = Path(run.pg_path)
@@ -530,6 +540,63 @@ def restore_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = Inc
     live_cluster(run).start()
     typer.echo(f"restored {stack} ({'latest' if latest else at}): {databases} databases checked with pg_amcheck; "
                f"the store runs on the restored copy; the old data directory is kept at {kept}")
+
+
+def _expected(items: list[str]) -> dict[str, dict[str, int]]:
+    expected: dict[str, dict[str, int]] = {}
+    for item in items:
+        db, sep, rest = item.partition(":")
+        table, eq, rows = rest.rpartition("=")
+        if not (sep and eq and "." in table and rows.isdigit()):
+            typer.echo(f"--expect-rows {item!r}: want DB:SCHEMA.TABLE=ROWS", err=True)
+            raise typer.Exit(2)
+        expected.setdefault(db, {})[table] = int(rows)
+    return expected
+
+
+def _restore_volume(stack: str, at: str | None, docker_host: str | None, expect: list[str]) -> None:
+    """The host path: the stack's engine, the store's image, config and credentials (components/data.py)."""
+    import docker
+
+    from components import pgbackrest as cpb
+    from ops import backup_host as bh
+    from ops.runner import run_stack, stack_file
+    from render.datastores import SECRETS_DIR
+
+    expected = _expected(expect)
+    env = run_stack(stack).env
+    if not cpb.enabled(env):
+        typer.echo(f"stack {stack} has no continuous backups (postgres.backup / host.backup_bucket)", err=True)
+        raise typer.Exit(2)
+    endpoint = docker_host or bh.docker_endpoint(env.host.kind, env.host.docker_host, env.host.ssh_user, None)
+    # The Docker SDK runs the system ssh for ssh:// endpoints (docker/transport/sshconn.py, use_ssh_client):
+    # ~/.ssh/config and the agent apply, as for `docker -H ssh://...`.
+    client = docker.DockerClient(base_url=endpoint, use_ssh_client=endpoint.startswith("ssh://"), timeout=600)
+    store = client.containers.get(f"mysaaschat-{stack}-postgres")
+    secrets = f"mysaaschat-{stack}-postgres-secrets"
+    spec = bh.Store(image=store.attrs["Config"]["Image"], user=store.attrs["Config"].get("User") or "70:70",
+                    conf=cpb.CONF, include_path="/run/pgbackrest-credentials",
+                    mounts={secrets: (SECRETS_DIR, True),
+                            cpb.CREDENTIALS_HOST_DIR: ("/run/pgbackrest-credentials", True)},
+                    network=f"mysaaschat-{stack}-backup")
+    target = ["--type=time", f"--target={at}", "--target-action=promote"] if at else ["--type=default"]
+    try:
+        with _progress(f"restoring {stack} into a new volume on {endpoint}") as progress:
+            progress.add_task("restore")
+            outcome = bh.restore_and_switch(client, spec, stack=stack, stack_file=stack_file(stack),
+                                            target_args=target, expected=expected)
+    except bh.HostRestoreError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3) from None
+    for name, ok, detail in outcome.checks:
+        typer.echo(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if not ok else ""))
+    if not outcome.ok:
+        typer.echo(f"the restored volume {outcome.volume} failed its checks: the store stays on its volume "
+                   f"(kept {outcome.volume} for inspection)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"restored and checked {outcome.volume}; {stack_file(stack).name} now says postgres.data_volume: "
+               f"{outcome.volume}. Run `python -m ops deploy up --stack {stack}` to recreate the store on it. "
+               "The previous volume is kept (protected; the program never deletes it).")
 
 
 @backup_app.command("verify")

@@ -149,6 +149,22 @@ def base_image(client: docker.DockerClient, cache_dir: Path) -> str:
     return tag
 
 
+def _mirror_hosts() -> dict[str, str]:
+    """The engine forwards every name it does not know to 127.0.0.1 (daemon.py `--dns`), so a build's
+    apt could not resolve the mirror: the mirror's address, resolved here, goes into the build's
+    /etc/hosts (`docker build --add-host`, docker SDK `extra_hosts`). Nothing else resolves."""
+    import socket
+    import urllib.parse
+
+    host = urllib.parse.urlparse(debian_mirror()).hostname
+    if not host:
+        return {}
+    try:
+        return {host: socket.gethostbyname(host)}
+    except OSError:
+        return {}
+
+
 def _build(client: docker.DockerClient, name: str, base_tag: str) -> str:
     context = IMAGES_DIR / name
     tag = f"{REPOSITORY}/{name}:{context_hash(context, base_tag)}"
@@ -159,6 +175,7 @@ def _build(client: docker.DockerClient, name: str, base_tag: str) -> str:
         client.images.build(
             path=str(context), tag=tag, buildargs={"BASE": base_tag}, network_mode="host",
             rm=True, forcerm=True, pull=False, labels={"com.mysaaschat.test-image": name},
+            extra_hosts=_mirror_hosts(),
         )
     except docker.errors.BuildError as err:
         tail = "".join(str(chunk.get("stream", chunk.get("error", ""))) for chunk in err.build_log)[-4000:]
