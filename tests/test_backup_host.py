@@ -73,3 +73,17 @@ def test_the_restore_script_never_archives_and_the_check_has_no_network() -> Non
     kwargs = bh._hardened(bh.Store(image="x", network="backup-net"), "vol", network=None)
     assert kwargs["network_mode"] == "none" and kwargs["read_only"] and kwargs["cap_drop"] == ["ALL"]
     assert bh._hardened(bh.Store(image="x", network="backup-net"), "vol", network="backup-net")["network_mode"] == "backup-net"
+
+
+@pytest.mark.parametrize("version, ok", [("2.51-r0", True), ("2.55.0-r0", False), ("2.55-r0", False),
+                                         ("2.55.1-r0", True), ("2.54.2-r0", True)])
+def test_a_pgbackrest_without_content_md5_is_refused(version: str, ok: bool) -> None:
+    from pydantic import ValidationError
+
+    from config.model import PostgresBackup
+
+    if ok:
+        assert PostgresBackup.model_validate({"pgbackrest_version": version}).pgbackrest_version == version
+    else:
+        with pytest.raises(ValidationError, match="Content-MD5"):
+            PostgresBackup.model_validate({"pgbackrest_version": version})
