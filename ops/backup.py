@@ -497,17 +497,21 @@ def restore_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = Inc
                 docker_host: Optional[str] = typer.Option(None, "--docker-host", help="With --volume: the engine "
                                                           "(default: the stack's; ssh://USER@ADDRESS for ec2)."),
                 expect: list[str] = ExpectOpt,
+                to_backup: Optional[str] = typer.Option(None, "--to-backup", help="With --volume: restore to the "
+                                                        "restore point a backup's verification manifest recorded, "
+                                                        "and check its row counts."),
+                bucket: Optional[str] = typer.Option(None, "--bucket", help="Default: the stack's host.backup_bucket."),
                 ) -> None:
     """Restore into a NEW directory (or, with --volume, a new Docker volume on the stack's engine), start
     and check it there, and only then switch the store to it. What was live is kept until you remove it."""
-    if (at is None) == (not latest):
-        typer.echo("say what to restore: --time T or --latest", err=True)
+    if sum((at is not None, latest, to_backup is not None)) != 1 or (to_backup and not volume):
+        typer.echo("say what to restore: --time T or --latest (or, with --volume, --to-backup LABEL)", err=True)
         raise typer.Exit(2)
     if not yes:
         typer.echo(f"restore of {stack} switches the live store to a restored copy: refusing without --yes", err=True)
         raise typer.Exit(2)
     if volume:
-        _restore_volume(stack, at, docker_host, expect)
+        _restore_volume(stack, at, docker_host, expect, to_backup, bucket)
         return
     run = _runtime(conf, include, pg_data, socket, port, user)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -554,7 +558,8 @@ def _expected(items: list[str]) -> dict[str, dict[str, int]]:
     return expected
 
 
-def _restore_volume(stack: str, at: str | None, docker_host: str | None, expect: list[str]) -> None:
+def _restore_volume(stack: str, at: str | None, docker_host: str | None, expect: list[str], to_backup: str | None,
+                    bucket: str | None) -> None:
     """The host path: the stack's engine, the store's image, config and credentials (components/data.py)."""
     import docker
 
@@ -580,6 +585,14 @@ def _restore_volume(stack: str, at: str | None, docker_host: str | None, expect:
                             cpb.CREDENTIALS_HOST_DIR: ("/run/pgbackrest-credentials", True)},
                     network=f"mysaaschat-{stack}-backup")
     target = ["--type=time", f"--target={at}", "--target-action=promote"] if at else ["--type=default"]
+    if to_backup:
+        manifest = _guard(lambda: get_manifest(_bucket(stack, bucket), stack, to_backup))
+        if manifest is None:
+            typer.echo(f"backup {to_backup} has no verification manifest ({manifest_key(stack, to_backup)})", err=True)
+            raise typer.Exit(2)
+        target, recorded = bh.manifest_target(manifest)
+        for db, tables in recorded.items():
+            expected.setdefault(db, {}).update(tables)
     try:
         with _progress(f"restoring {stack} into a new volume on {endpoint}") as progress:
             progress.add_task("restore")

@@ -254,3 +254,12 @@ def restore_and_switch(client: Any, store: Store, *, stack: str, stack_file: Pat
     if outcome.ok:
         set_data_volume(stack_file, outcome.volume)
     return outcome
+
+
+def manifest_target(manifest: Mapping[str, Any]) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """Restore exactly to what a verification manifest recorded (`ops backup run`): its backup set,
+    its named restore point; and the row counts it recorded, which hold exactly at that point only."""
+    target = [f"--set={manifest['label']}", "--type=name", f"--target={manifest['restore_point']}",
+              "--target-action=promote"]
+    rows = {str(table): int(entry[0]) for table, entry in manifest["tables"].items()}
+    return target, {str(manifest["database"]): rows}

@@ -87,3 +87,16 @@ def test_a_pgbackrest_without_content_md5_is_refused(version: str, ok: bool) -> 
     else:
         with pytest.raises(ValidationError, match="Content-MD5"):
             PostgresBackup.model_validate({"pgbackrest_version": version})
+
+
+def test_a_manifest_gives_its_restore_point_and_the_row_counts_that_hold_there() -> None:
+    manifest = {"label": "20261126-010203F", "database": "app", "restore_point": "20261126-010203F",
+                "tables": {"public.messages": [6, "abc"], "public.big": [3, "def"]}}
+    target, expected = bh.manifest_target(manifest)
+    assert target == ["--set=20261126-010203F", "--type=name", "--target=20261126-010203F", "--target-action=promote"]
+    assert expected == {"app": {"public.messages": 6, "public.big": 3}}
+
+
+def test_to_backup_needs_the_volume_path() -> None:
+    result = CliRunner().invoke(app, ["backup", "restore", "--stack", "prod", "--to-backup", "x", "--yes"])
+    assert result.exit_code == 2 and "--to-backup" in result.output
