@@ -25,6 +25,7 @@ import pulumi_aws as aws
 from components.host import Host
 from config import Environment
 from render import backup_storage as r
+from render.pgbackrest import STANZA
 
 TOKEN = "my-saas-chat:backup:BackupStorage"
 
@@ -80,18 +81,22 @@ class BackupStorage(pulumi.ComponentResource):
             policy=pulumi.Output.all(bucket.arn, host_role_arn).apply(lambda v: r.bucket_policy(v[0], v[1])),
             # S3 refuses a policy while the public access block is being set up concurrently.
             opts=self._child(protect=True, depends_on=[public]))
-        rule = r.lifecycle_rule(model)
+        rules = r.lifecycle_rules(model, env.stack, STANZA)
         aws.s3.BucketLifecycleConfiguration(
             f"{name}-lifecycle", region=region, bucket=bucket.id,
             rules=[aws.s3.BucketLifecycleConfigurationRuleArgs(
                 id=rule["ID"], status=rule["Status"],
                 filter=aws.s3.BucketLifecycleConfigurationRuleFilterArgs(prefix=rule["Filter"]["Prefix"]),
-                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=rule["Expiration"]["Days"]),
+                expiration=aws.s3.BucketLifecycleConfigurationRuleExpirationArgs(days=rule["Expiration"]["Days"])
+                if "Expiration" in rule else None,
                 noncurrent_version_expiration=aws.s3.BucketLifecycleConfigurationRuleNoncurrentVersionExpirationArgs(
-                    noncurrent_days=rule["NoncurrentVersionExpiration"]["NoncurrentDays"]),
+                    noncurrent_days=rule["NoncurrentVersionExpiration"]["NoncurrentDays"])
+                if "NoncurrentVersionExpiration" in rule else None,
                 abort_incomplete_multipart_upload=aws.s3.
                 BucketLifecycleConfigurationRuleAbortIncompleteMultipartUploadArgs(
-                    days_after_initiation=rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"]))],
+                    days_after_initiation=rule["AbortIncompleteMultipartUpload"]["DaysAfterInitiation"])
+                if "AbortIncompleteMultipartUpload" in rule else None)
+                for rule in rules],
             # S3 applies a lifecycle configuration to a versioned bucket's versions only once
             # versioning is on (terraform-provider-aws docs for this resource recommend depends_on).
             opts=self._child(protect=True, depends_on=[versioning]))

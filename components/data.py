@@ -137,7 +137,11 @@ class DataStore(pulumi.ComponentResource):
                                 opts=pulumi.ResourceOptions.merge(docker_opts, FIXED_NAME))
         files: pulumi.Output[dict[str, str]] = pulumi.Output.secret(self.password.apply(recipe.files))  # type: ignore[arg-type]
         names = sorted(recipe.files(""))
-        mounts = [Mount(data.name, recipe.data_path), Mount(secrets.name, r.SECRETS_DIR, read_only=True)]
+        # After `ops backup restore --volume` the store runs on the restored volume (ops/backup_host.py
+        # created and checked it; it is not a resource of the program, so nothing here can delete it),
+        # while the original volume stays registered above: protected and retained, never deleted.
+        live: pulumi.Input[str] = (env.postgres.data_volume or data.name) if kind == "postgres" else data.name
+        mounts = [Mount(live, recipe.data_path), Mount(secrets.name, r.SECRETS_DIR, read_only=True)]
         networks, tmpfs, command = [args.network], recipe.tmpfs, recipe.command
         if backups:
             # The repository passphrase: a secret the program generates and manages (config MANAGED_SECRETS).
@@ -185,7 +189,7 @@ class DataStore(pulumi.ComponentResource):
         )
         if backups:
             self.backup = pgbackrest.PostgresBackup("postgres-backup", pgbackrest.PostgresBackupArgs(
-                env=env, image=image, data_volume=data.name, secrets_volume=secrets.name,
+                env=env, image=image, data_volume=live, secrets_volume=secrets.name,
                 socket_volume=socket_volume.name, network=backup_network.name, store=self.container,
                 docker_opts=docker_opts), pulumi.ResourceOptions(parent=self))
         self.register_outputs({"container": self.container.name})

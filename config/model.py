@@ -482,6 +482,19 @@ class PostgresBackup(Strict):
         description="The Alpine `pgbackrest` package version pinned into the store image (alpine3.20 community: "
         "2.51-r0; it must match the base image's Alpine branch).")
 
+    @field_validator("pgbackrest_version")
+    @classmethod
+    def _sends_content_md5(cls, value: str) -> str:
+        # The bucket has an Object Lock default retention: S3 refuses a PUT without Content-MD5 (or an
+        # SDK checksum). pgBackRest sends Content-MD5 on every request with a body
+        # (src/storage/s3/storage.c storageS3RequestAsync) in every release but 2.55.0, which sent it
+        # only "when required" and broke archive-push on Object-Lock buckets (pgbackrest/pgbackrest#2613;
+        # reverted in 2.55.1, #2615).
+        if value.split("-")[0] in ("2.55", "2.55.0"):
+            raise ValueError("pgBackRest 2.55.0 omits Content-MD5, which S3 requires for writes into the "
+                             "Object-Lock backup bucket (pgbackrest#2613); pin 2.51 or 2.55.1 and later")
+        return value
+
     @model_validator(mode="after")
     def _not_same_minute(self) -> PostgresBackup:
         clash = sorted(set(self.full.days) & set(self.diff.days), key=_WEEKDAYS.index)
@@ -498,6 +511,11 @@ class Postgres(DataStoreBase):
     shared_buffers: MiBSize = Field(description="Must stay below `memory`.")
     effective_cache_size: MiBSize
     max_connections: Int = Field(ge=10, le=5000)
+    data_volume: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]+$",
+        description="Docker volume the store runs on. Default: the program's own `mysaaschat-<stack>-postgres-data`. "
+                    "`ops backup restore --volume` writes the restored, checked volume here; the default volume "
+                    "stays (protected, never deleted by the program).")
 
     @field_validator("database")
     @classmethod

@@ -76,11 +76,13 @@ def _messages(stanza: dict[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class Window:
-    """What can be restored: the backups, and the time range their archived WAL covers."""
+    """What can be restored: the backups, and the time range their archived WAL covers. `expired`:
+    labels backup.info still lists whose files the bucket lifecycle has removed (not restorable)."""
 
     backups: list[dict[str, Any]]
     earliest: dt.datetime | None
     latest: dt.datetime | None
+    expired: frozenset[str] = frozenset()
 
     def rows(self) -> list[tuple[str, str, str, str]]:
         return [(b["label"], b["type"], _ts(b["timestamp"]["start"]), _ts(b["timestamp"]["stop"])) for b in self.backups]
@@ -90,18 +92,56 @@ def _ts(epoch: int) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.UTC).isoformat(timespec="seconds")
 
 
-def window(runtime: pbr.Runtime) -> Window:
-    """Backups and the recoverable window: from the oldest backup's end (its consistency point) to
-    the newest archived WAL (its time is read from the archive's last segment: pgBackRest's info
-    gives segment names, so the upper bound is the last backup's stop or, with a running server,
-    `pg_stat_archiver.last_archived_time`, whichever is later)."""
+def backup_manifest_key(stack: str, label: str) -> str:
+    """Where pgBackRest keeps a backup set's manifest (repo1-path=/<stack>; pgbackrest src/info/manifest.h
+    BACKUP_MANIFEST_FILE under the set's directory, src/command/backup/common.h backupFileRepoPathP)."""
+    return f"{stack}/backup/{pbr.STANZA}/{label}/backup.manifest"
+
+
+def expired_backups(backups: list[dict[str, Any]], *, bucket: str, stack: str) -> frozenset[str]:
+    """Backups backup.info lists whose set the lifecycle has expired, and those that depend on one.
+
+    pgBackRest runs with `expire-auto=n` (the host may not delete): the bucket lifecycle expires
+    the set's objects (a delete marker on a versioned bucket) while backup.info keeps listing it.
+    A set is gone when its `backup.manifest` is (restore reads it first); a diff or incr backup is
+    unusable when any set it references (`reference` in `info --output=json`, pgbackrest
+    src/command/info/info.c BACKUP_KEY_REFERENCE) is gone."""
+    from botocore.exceptions import ClientError
+
+    client = s3_client()
+    try:  # HEAD on an object of a missing bucket is a 404 too: it must not read as "expired"
+        client.head_bucket(Bucket=bucket)
+    except ClientError as error:
+        raise BackupError(f"cannot read the backup bucket s3://{bucket}: {error}") from error
+    gone: set[str] = set()
+    for backup in backups:
+        label = str(backup["label"])
+        try:
+            client.head_object(Bucket=bucket, Key=backup_manifest_key(stack, label))
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                gone.add(label)
+            else:
+                raise BackupError(f"cannot check backup {label} in s3://{bucket}: {error}") from error
+    return frozenset(str(b["label"]) for b in backups
+                     if str(b["label"]) in gone or any(str(ref) in gone for ref in (b.get("reference") or [])))
+
+
+def window(runtime: pbr.Runtime, *, bucket: str | None = None, stack: str | None = None) -> Window:
+    """Backups and the recoverable window: from the oldest restorable backup's end (its consistency
+    point) to the newest archived WAL (its time is read from the archive's last segment: pgBackRest's
+    info gives segment names, so the upper bound is the last backup's stop or, with a running server,
+    `pg_stat_archiver.last_archived_time`, whichever is later). With `bucket`, backups whose files
+    the lifecycle has expired are flagged and left out of the window."""
     stanza = repository(runtime)
     backups = [b for b in stanza.get("backup", []) if not b.get("error")]
-    if not backups:
-        return Window([], None, None)
-    earliest = dt.datetime.fromtimestamp(min(b["timestamp"]["stop"] for b in backups), dt.UTC)
-    latest = dt.datetime.fromtimestamp(max(b["timestamp"]["stop"] for b in backups), dt.UTC)
-    return Window(backups, earliest, latest)
+    expired = expired_backups(backups, bucket=bucket, stack=stack or "") if bucket and backups else frozenset()
+    usable = [b for b in backups if str(b["label"]) not in expired]
+    if not usable:
+        return Window(backups, None, None, expired)
+    earliest = dt.datetime.fromtimestamp(min(b["timestamp"]["stop"] for b in usable), dt.UTC)
+    latest = dt.datetime.fromtimestamp(max(b["timestamp"]["stop"] for b in usable), dt.UTC)
+    return Window(backups, earliest, latest, expired)
 
 
 def backup_now(runtime: pbr.Runtime, kind: str = "full") -> str:
@@ -353,6 +393,8 @@ SocketOpt = typer.Option("/var/run/postgresql", "--socket", help="The live serve
 PortOpt = typer.Option(5432, "--port", help="The live server's port.")
 UserOpt = typer.Option("postgres", "--db-user", help="Superuser pgBackRest and the checks connect as.")
 ScratchOpt = typer.Option(None, "--scratch", help="Scratch directory (default: a temporary one).")
+ExpectOpt = typer.Option([], "--expect-rows", help="With --volume: DB:SCHEMA.TABLE=ROWS the restored copy must hold "
+                         "(repeatable).")
 
 
 def _runtime(conf: Path, include: Path, pg_data: Path, socket: Path, port: int, user: str) -> pbr.Runtime:
@@ -392,13 +434,18 @@ def _guard(action: Any) -> Any:
 @backup_app.command("list")
 def list_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = IncludeOpt, pg_data: Path = DataOpt,
              socket: Path = SocketOpt, port: int = PortOpt, user: str = UserOpt,
+             bucket: Optional[str] = typer.Option(None, "--bucket", help="Default: the stack's host.backup_bucket; "
+                                                  "used to flag backups the bucket lifecycle has expired."),
              as_json: bool = typer.Option(False, "--json")) -> None:
-    """Backups in the repository and the recoverable time window."""
+    """Backups in the repository and the recoverable time window; backups whose files the bucket
+    lifecycle has expired are flagged (backup.info still lists them)."""
     run = _runtime(conf, include, pg_data, socket, port, user)
-    win: Window = _guard(lambda: window(run))
+    where = _bucket(stack, bucket)
+    win: Window = _guard(lambda: window(run, bucket=where, stack=stack))
     if as_json:
-        typer.echo(json.dumps({"stack": stack, "backups": [dict(zip(("label", "type", "start", "stop"), r, strict=True))
-                                                           for r in win.rows()],
+        typer.echo(json.dumps({"stack": stack, "backups": [
+            {**dict(zip(("label", "type", "start", "stop"), r, strict=True)), "expired": r[0] in win.expired}
+            for r in win.rows()],
                                "earliest": win.earliest.isoformat() if win.earliest else None,
                                "latest_backup": win.latest.isoformat() if win.latest else None}, indent=2))
         return
@@ -406,17 +453,20 @@ def list_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = Includ
     from rich.table import Table
 
     table = Table(title=f"{stack}: pgBackRest stanza {pbr.STANZA}")
-    for column in ("label", "type", "start", "stop"):
+    for column in ("label", "type", "start", "stop", "files"):
         table.add_column(column)
     for row in win.rows():
-        table.add_row(*row)
+        table.add_row(*row, "EXPIRED by the bucket lifecycle" if row[0] in win.expired else "present")
     console = Console()
     console.print(table)
+    if win.expired:
+        console.print(f"{len(win.expired)} backup(s) listed in backup.info are no longer restorable: the lifecycle "
+                      "expired their files (or those of the full backup they depend on)")
     if win.earliest:
         console.print(f"recoverable: from {win.earliest.isoformat()} to the newest archived WAL "
                       f"(archive_timeout behind now at most)")
     else:
-        console.print("no backup yet: nothing is recoverable")
+        console.print("no restorable backup: nothing is recoverable")
 
 
 @backup_app.command("run")
@@ -442,15 +492,27 @@ def restore_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = Inc
                 at: Optional[str] = typer.Option(None, "--time", help="Restore to this time (e.g. '2026-11-26 01:02:03+00')."),
                 latest: bool = typer.Option(False, "--latest", help="Restore to the end of the archived WAL."),
                 yes: bool = typer.Option(False, "--yes", help="Really switch the store to the restored copy."),
+                volume: bool = typer.Option(False, "--volume", help="On the stack's Docker engine: restore into a NEW "
+                                            "Docker volume, check it, then point the stack at it (ops/backup_host.py)."),
+                docker_host: Optional[str] = typer.Option(None, "--docker-host", help="With --volume: the engine "
+                                                          "(default: the stack's; ssh://USER@ADDRESS for ec2)."),
+                expect: list[str] = ExpectOpt,
+                to_backup: Optional[str] = typer.Option(None, "--to-backup", help="With --volume: restore to the "
+                                                        "restore point a backup's verification manifest recorded, "
+                                                        "and check its row counts."),
+                bucket: Optional[str] = typer.Option(None, "--bucket", help="Default: the stack's host.backup_bucket."),
                 ) -> None:
-    """Restore into a NEW directory, start and check it there, and only then switch the store to it.
-    The old data directory is kept beside it (`<dir>.before-<time>`) until you remove it."""
-    if (at is None) == (not latest):
-        typer.echo("say what to restore: --time T or --latest", err=True)
+    """Restore into a NEW directory (or, with --volume, a new Docker volume on the stack's engine), start
+    and check it there, and only then switch the store to it. What was live is kept until you remove it."""
+    if sum((at is not None, latest, to_backup is not None)) != 1 or (to_backup and not volume):
+        typer.echo("say what to restore: --time T or --latest (or, with --volume, --to-backup LABEL)", err=True)
         raise typer.Exit(2)
     if not yes:
         typer.echo(f"restore of {stack} switches the live store to a restored copy: refusing without --yes", err=True)
         raise typer.Exit(2)
+    if volume:
+        _restore_volume(stack, at, docker_host, expect, to_backup, bucket)
+        return
     run = _runtime(conf, include, pg_data, socket, port, user)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     live = Path(run.pg_path)
@@ -482,6 +544,72 @@ def restore_cmd(stack: str = StackOpt, conf: Path = ConfOpt, include: Path = Inc
     live_cluster(run).start()
     typer.echo(f"restored {stack} ({'latest' if latest else at}): {databases} databases checked with pg_amcheck; "
                f"the store runs on the restored copy; the old data directory is kept at {kept}")
+
+
+def _expected(items: list[str]) -> dict[str, dict[str, int]]:
+    expected: dict[str, dict[str, int]] = {}
+    for item in items:
+        db, sep, rest = item.partition(":")
+        table, eq, rows = rest.rpartition("=")
+        if not (sep and eq and "." in table and rows.isdigit()):
+            typer.echo(f"--expect-rows {item!r}: want DB:SCHEMA.TABLE=ROWS", err=True)
+            raise typer.Exit(2)
+        expected.setdefault(db, {})[table] = int(rows)
+    return expected
+
+
+def _restore_volume(stack: str, at: str | None, docker_host: str | None, expect: list[str], to_backup: str | None,
+                    bucket: str | None) -> None:
+    """The host path: the stack's engine, the store's image, config and credentials (components/data.py)."""
+    import docker
+
+    from components import pgbackrest as cpb
+    from ops import backup_host as bh
+    from ops.runner import run_stack, stack_file
+    from render.datastores import SECRETS_DIR
+
+    expected = _expected(expect)
+    env = run_stack(stack).env
+    if not cpb.enabled(env):
+        typer.echo(f"stack {stack} has no continuous backups (postgres.backup / host.backup_bucket)", err=True)
+        raise typer.Exit(2)
+    endpoint = docker_host or bh.docker_endpoint(env.host.kind, env.host.docker_host, env.host.ssh_user, None)
+    # The Docker SDK runs the system ssh for ssh:// endpoints (docker/transport/sshconn.py, use_ssh_client):
+    # ~/.ssh/config and the agent apply, as for `docker -H ssh://...`.
+    client = docker.DockerClient(base_url=endpoint, use_ssh_client=endpoint.startswith("ssh://"), timeout=600)
+    store = client.containers.get(f"mysaaschat-{stack}-postgres")
+    secrets = f"mysaaschat-{stack}-postgres-secrets"
+    spec = bh.Store(image=store.attrs["Config"]["Image"], user=store.attrs["Config"].get("User") or "70:70",
+                    conf=cpb.CONF, include_path="/run/pgbackrest-credentials",
+                    mounts={secrets: (SECRETS_DIR, True),
+                            cpb.CREDENTIALS_HOST_DIR: ("/run/pgbackrest-credentials", True)},
+                    network=f"mysaaschat-{stack}-backup")
+    target = ["--type=time", f"--target={at}", "--target-action=promote"] if at else ["--type=default"]
+    if to_backup:
+        manifest = _guard(lambda: get_manifest(_bucket(stack, bucket), stack, to_backup))
+        if manifest is None:
+            typer.echo(f"backup {to_backup} has no verification manifest ({manifest_key(stack, to_backup)})", err=True)
+            raise typer.Exit(2)
+        target, recorded = bh.manifest_target(manifest)
+        for db, tables in recorded.items():
+            expected.setdefault(db, {}).update(tables)
+    try:
+        with _progress(f"restoring {stack} into a new volume on {endpoint}") as progress:
+            progress.add_task("restore")
+            outcome = bh.restore_and_switch(client, spec, stack=stack, stack_file=stack_file(stack),
+                                            target_args=target, expected=expected)
+    except bh.HostRestoreError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(3) from None
+    for name, ok, detail in outcome.checks:
+        typer.echo(f"{'ok  ' if ok else 'FAIL'} {name}" + (f": {detail}" if not ok else ""))
+    if not outcome.ok:
+        typer.echo(f"the restored volume {outcome.volume} failed its checks: the store stays on its volume "
+                   f"(kept {outcome.volume} for inspection)", err=True)
+        raise typer.Exit(1)
+    typer.echo(f"restored and checked {outcome.volume}; {stack_file(stack).name} now says postgres.data_volume: "
+               f"{outcome.volume}. Run `python -m ops deploy up --stack {stack}` to recreate the store on it. "
+               "The previous volume is kept (protected; the program never deletes it).")
 
 
 @backup_app.command("verify")

@@ -70,14 +70,75 @@ def assume_role_policy(service: str) -> str:
         sort_keys=True, separators=(",", ":"))
 
 
-def lifecycle_rule(model: BackupStorage) -> dict[str, Any]:
-    """One rule over the whole bucket, in the S3 API's shape (boto3's PutBucketLifecycleConfiguration):
-    current versions expire after the retention, noncurrent ones are deleted after `noncurrent_days`,
-    incomplete multipart uploads are aborted."""
-    return {"ID": "retention", "Status": "Enabled", "Filter": {"Prefix": ""},
-            "Expiration": {"Days": model.retention_days},
-            "NoncurrentVersionExpiration": {"NoncurrentDays": model.noncurrent_days},
-            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": model.abort_multipart_days}}
+# pgBackRest's repository layout under `repo1-path=/<stack>` (pgbackrest/pgbackrest, release/2.45):
+#   archive/<stanza>/archive.info(.copy)           src/info/infoArchive.h INFO_ARCHIVE_PATH_FILE(_COPY)
+#   archive/<stanza>/<archive-id>/                 REGEX_ARCHIVE_DIR_DB_VERSION "^[0-9]+(\.[0-9]+)*-[0-9]+$"
+#       <16 hex>/<24 hex>-<sha1>[.zst]             src/command/archive/common.h WAL_SEGMENT_DIR/FILE_REGEXP
+#       <8 hex>.history                            WAL_TIMELINE_HISTORY_REGEXP (beside the segment dirs)
+#   backup/<stanza>/backup.info(.copy)             src/info/infoBackup.h INFO_BACKUP_PATH_FILE(_COPY)
+#   backup/<stanza>/backup.history/<year>/...      src/command/backup/common.h BACKUP_PATH_HISTORY
+#   backup/<stanza>/<label>/backup.manifest(.copy), bundle/<n>, pg_data/...
+#                                                  labels: src/command/backup/common.c backupLabelCreate,
+#                                                  strftime "%Y%m%d-%H%M%S" + F|D|I: they start with the year.
+# The info files are written at stanza-create and rewritten rarely; archive-push and backup read them
+# first, so an expired (delete-marked) info file stops every archive-push and backup. S3 lifecycle
+# filters match by key prefix only (plus tags/size): the expiring rules name the archive-id
+# directories (they start with a digit 1-9, the PostgreSQL major version) and the backup-set
+# directories (they start with "2", the year), never `archive.info`, `backup.info`, `backup.history`
+# (all start with a letter) nor the verification manifests under `<stack>/verify/`.
+# Not separable by prefix: a timeline's `.history` file sits beside its WAL directories, so it
+# expires with them. That is safe by age: timeline N's history file is written when N begins, so
+# when it expires every backup taken before N began (the only ones that need it) has expired too.
+ARCHIVE_ID_FIRST = "123456789"
+LABEL_FIRST = "2"
+
+
+def expiring_prefixes(stack: str, stanza: str) -> list[str]:
+    """Key prefixes whose current objects the lifecycle expires: WAL and backup sets, nothing else."""
+    return ([f"{stack}/archive/{stanza}/{d}" for d in ARCHIVE_ID_FIRST]
+            + [f"{stack}/backup/{stanza}/{d}" for d in LABEL_FIRST])
+
+
+def lifecycle_rules(model: BackupStorage, stack: str, stanza: str) -> list[dict[str, Any]]:
+    """The lifecycle, in the S3 API's shape (boto3's PutBucketLifecycleConfiguration):
+    - one rule per expiring prefix: current versions expire after the retention (a delete marker;
+      the data stays a noncurrent version for `noncurrent_days`, Object Lock permitting);
+    - one rule over the stack's whole prefix: noncurrent versions (rewritten info files, expired
+      WAL and sets) are deleted after `noncurrent_days`, incomplete multipart uploads aborted."""
+    rules: list[dict[str, Any]] = [
+        {"ID": f"expire-{prefix.split('/', 1)[1].replace('/', '-')}", "Status": "Enabled", "Filter": {"Prefix": prefix},
+         "Expiration": {"Days": model.retention_days}}
+        for prefix in expiring_prefixes(stack, stanza)]
+    rules.append({"ID": "history", "Status": "Enabled", "Filter": {"Prefix": f"{stack}/"},
+                  "NoncurrentVersionExpiration": {"NoncurrentDays": model.noncurrent_days},
+                  "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": model.abort_multipart_days}})
+    return rules
+
+
+def rule_applies(rule: dict[str, Any], key: str, size: int, tags: dict[str, str] | None = None) -> bool:
+    """Whether S3 applies `rule` to an object, as the S3 user guide ("Lifecycle configuration
+    elements", Filter) defines it: a disabled rule never; a Filter with Prefix, Tag, ObjectSizeGreaterThan
+    or ObjectSizeLessThan, or an And of them (all must hold); the legacy top-level Prefix."""
+    if rule.get("Status") != "Enabled":
+        return False
+    tags = tags or {}
+    filt = rule.get("Filter")
+    if filt is None:
+        return key.startswith(rule.get("Prefix", ""))
+    conds = filt.get("And", filt)
+    if not key.startswith(conds.get("Prefix", "")):
+        return False
+    wanted = conds.get("Tags", []) + ([conds["Tag"]] if "Tag" in conds else [])
+    if any(tags.get(t["Key"]) != t["Value"] for t in wanted):
+        return False
+    if "ObjectSizeGreaterThan" in conds and not size > int(conds["ObjectSizeGreaterThan"]):
+        return False
+    return not ("ObjectSizeLessThan" in conds and not size < int(conds["ObjectSizeLessThan"]))
+
+
+def expires_current(rules: list[dict[str, Any]], key: str, size: int, tags: dict[str, str] | None = None) -> bool:
+    """Whether any rule expires the current version of this object."""
+    return any("Expiration" in rule and rule_applies(rule, key, size, tags) for rule in rules)
 
 
 def object_lock(model: BackupStorage) -> dict[str, Any]:

@@ -303,10 +303,11 @@ def test_cli_run_records_a_manifest_and_verify_catches_a_mismatch(lab: Lab, monk
     assert code == 0, out
     label = ob.repository(lab.runtime)["backup"][-1]["label"]
     assert label in out and label.endswith("D")
-    code, out = _cli(lab, monkeypatch, "list", "--json")
+    code, out = _cli(lab, monkeypatch, "list", "--json", "--bucket", BUCKET)
     assert code == 0, out
     listed = json.loads(out)
     assert listed["backups"][-1]["label"] == label and listed["earliest"]
+    assert not any(b["expired"] for b in listed["backups"])
     # A later backup without a manifest (as the scheduler takes them): verify restores the set that has one.
     ob.backup_now(lab.runtime, "incr")
     live.sql("app", "INSERT INTO messages (body) VALUES ('after the manifest')")

@@ -52,10 +52,15 @@ def test_the_bucket_and_its_settings_are_registered_and_protected(stack: str) ->
     assert key.urn in by_name(rec, "backup-encryption").property_dependencies["rules"]
     block = by_name(rec, "backup-public-access").inputs
     assert all(block[f] is True for f in policy_rules.PUBLIC_ACCESS_FLAGS)
-    [rule] = by_name(rec, "backup-lifecycle").inputs["rules"]
-    assert rule["expiration"] == {"days": model.retention_days}
-    assert rule["noncurrentVersionExpiration"] == {"noncurrentDays": model.noncurrent_days}
-    assert rule["abortIncompleteMultipartUpload"] == {"daysAfterInitiation": model.abort_multipart_days}
+    *expiring, history = by_name(rec, "backup-lifecycle").inputs["rules"]
+    # Current versions expire only under the WAL and backup-set directories (tests/test_backup_lifecycle_live.py
+    # proves which keys pgBackRest writes there); history and multipart clean-up cover the stack's prefix.
+    assert [rule["filter"]["prefix"] for rule in expiring] == r.expiring_prefixes(stack, "main")
+    assert all(rule["expiration"] == {"days": model.retention_days} for rule in expiring)
+    assert not any("noncurrentVersionExpiration" in rule for rule in expiring)
+    assert history["filter"] == {"prefix": f"{stack}/"} and "expiration" not in history
+    assert history["noncurrentVersionExpiration"] == {"noncurrentDays": model.noncurrent_days}
+    assert history["abortIncompleteMultipartUpload"] == {"daysAfterInitiation": model.abort_multipart_days}
     lock = by_name(rec, "backup-object-lock").inputs["rule"]["defaultRetention"]
     assert lock == {"mode": "GOVERNANCE", "days": model.lock_days}
     if stack == "prod":
@@ -129,14 +134,16 @@ def test_s3_takes_the_rendered_settings_and_governance_lock_holds(moto: dict[str
         "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
     policy = r.bucket_policy(f"arn:aws:s3:::{bucket}", "arn:aws:iam::123456789012:role/host-role")
     s3.put_bucket_policy(Bucket=bucket, Policy=policy)
-    s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": [r.lifecycle_rule(MODEL)]})
+    s3.put_bucket_lifecycle_configuration(Bucket=bucket,
+                                          LifecycleConfiguration={"Rules": r.lifecycle_rules(MODEL, "prod", "main")})
     s3.put_object_lock_configuration(Bucket=bucket, ObjectLockConfiguration=r.object_lock(MODEL))
 
     assert json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"]) == json.loads(policy)
     assert s3.get_bucket_policy_status(Bucket=bucket)["PolicyStatus"]["IsPublic"] is False
-    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
-    assert rule["Expiration"] == {"Days": 30} and rule["NoncurrentVersionExpiration"]["NoncurrentDays"] == 7
-    assert rule["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
+    *expiring, history = s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]
+    assert len(expiring) == 10 and all(rule["Expiration"] == {"Days": 30} for rule in expiring)
+    assert history["NoncurrentVersionExpiration"]["NoncurrentDays"] == 7
+    assert history["AbortIncompleteMultipartUpload"] == {"DaysAfterInitiation": 1}
     lock = s3.get_object_lock_configuration(Bucket=bucket)["ObjectLockConfiguration"]
     assert lock["ObjectLockEnabled"] == "Enabled"
     assert lock["Rule"]["DefaultRetention"]["Mode"] == "GOVERNANCE" and lock["Rule"]["DefaultRetention"]["Days"] == 30
@@ -185,7 +192,7 @@ def test_the_host_policy_writes_its_prefix_and_deletes_nothing(tmp_path: Path, m
                                        VersionId=put["VersionId"]),
             lambda: host.delete_bucket_policy(Bucket=bucket),
             lambda: host.put_bucket_lifecycle_configuration(
-                Bucket=bucket, LifecycleConfiguration={"Rules": [r.lifecycle_rule(MODEL)]}),
+                Bucket=bucket, LifecycleConfiguration={"Rules": r.lifecycle_rules(MODEL, "prod", "main")}),
         ):
             with pytest.raises(ClientError, match="AccessDenied"):
                 attempt()
