@@ -33,6 +33,7 @@ import argparse
 import contextlib
 import json
 import statistics
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -86,7 +87,8 @@ def engine_stack() -> Iterator[tuple[Any, dict[str, str]]]:
     from tests.swap_harness import free_port
 
     with private_engine() as engine:
-        images = build_all(engine.client, CACHE_DIR)
+        with contextlib.redirect_stdout(sys.stderr):  # build_all's progress lines: stdout stays JSON
+            images = build_all(engine.client, CACHE_DIR)
         versions = {v: derive(engine.client, images["stub"], {"STUB_VERSION": v}) for v in ("v1", "v2")}
         clean(engine.client)
         publish = {80: ("127.0.0.1", free_port()), 443: ("127.0.0.1", free_port())}
