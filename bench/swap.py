@@ -18,17 +18,27 @@ middle. Prints, per run and as medians over the runs:
 - `resent_idle_keepalive`: requests written on an idle keepalive connection that a retiring nginx
   worker closed, resent by the client on a new one (never read by nginx: checked in the tests);
 - `sse_streams`, `sse_events`, `sse_clean_ends`, `old_drain_s`, `swap_s`.
+
+`--engine` (root, dockerd): the same swap on the real engine through the gateway container, as
+tests/engine/test_swap_engine.py performs it (Replay.swap_routed: release command, new container
+healthy by Docker's healthcheck, seed re-rendered and replaced, the recorded reload, old container
+stopped and removed), under that test's lighter load (nginx sees every client from one address
+through docker-proxy). `swap_s` then includes the release command and the wait for the first health
+check (every 10 s).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
-from tests.swap_harness import Load, gateway, p99
+from tests.swap_harness import SERVICE, Load, Result, gateway, p99
 
 
 def one_run(seconds: float) -> dict[str, Any]:
@@ -41,7 +51,12 @@ def one_run(seconds: float) -> dict[str, Any]:
             steps = gw.swap(old, "v2")
             swap_end = swap_start + float(steps["old_exited_at"]) + 1.0
             time.sleep(max(0.0, swap_start + seconds / 2 - time.monotonic(), swap_end - time.monotonic()))
-        r = load.result
+    return summary(load.result, load_start, swap_start, swap_end, old_drain_s=float(steps["old_drain_s"]),
+                   swap_s=float(steps["old_exited_at"]))
+
+
+def summary(r: Result, load_start: float, swap_start: float, swap_end: float, *, old_drain_s: float,
+            swap_s: float) -> dict[str, Any]:
     ok = [(start, ms) for start, ms, _, outcome in r.requests if outcome == "ok"]
     # The first second is warm-up (each client's TLS handshake, nginx's and node's first requests).
     steady = [ms for start, ms in ok if load_start + 1.0 <= start < swap_start]
@@ -55,9 +70,55 @@ def one_run(seconds: float) -> dict[str, Any]:
         "requests_steady": len(steady), "requests_swap": len(during),
         "resent_idle_keepalive": r.resent_idle_keepalive, "sse_streams": r.sse_streams,
         "sse_events": r.sse_events, "sse_clean_ends": r.sse_clean_ends,
-        "old_drain_s": round(float(steps["old_drain_s"]), 3), "swap_s": round(float(steps["old_exited_at"]), 3),
+        "old_drain_s": round(old_drain_s, 3), "swap_s": round(swap_s, 3),
         "answered_by": r.answered_by,
     }
+
+
+@contextlib.contextmanager
+def engine_stack() -> Iterator[tuple[Any, dict[str, str]]]:
+    """`--engine`: the `local` stack replayed on a private dockerd with the gateway container published on
+    127.0.0.1, as tests/engine/test_swap_engine.py does (its fixtures, without pytest)."""
+    from ops.runner import run_stack
+    from tests.engine.daemon import CACHE_DIR, clean, private_engine
+    from tests.engine.images import build_all
+    from tests.engine.replay import Replay
+    from tests.engine.test_swap_engine import derive
+    from tests.swap_harness import free_port
+
+    with private_engine() as engine:
+        with contextlib.redirect_stdout(sys.stderr):  # build_all's progress lines: stdout stays JSON
+            images = build_all(engine.client, CACHE_DIR)
+        versions = {v: derive(engine.client, images["stub"], {"STUB_VERSION": v}) for v in ("v1", "v2")}
+        clean(engine.client)
+        publish = {80: ("127.0.0.1", free_port()), 443: ("127.0.0.1", free_port())}
+        replay = Replay(engine.client, run_stack("local"), {**images, "stub": versions["v1"]}, publish=publish,
+                        docker_host=engine.socket)
+        try:
+            replay.up()
+            yield replay, versions
+        finally:
+            clean(engine.client)
+
+
+def engine_run(replay: Any, image: str, seconds: float) -> dict[str, Any]:
+    """One image change of chat-service through the gateway container (Replay.swap_routed) under the
+    load the engine test uses: every client reaches nginx through docker-proxy from one address, so the
+    request clients share 80% of one client's limit."""
+    from tests.engine.test_swap_engine import EngineFront
+
+    old = replay.containers[SERVICE]
+    with Load(EngineFront(replay), getters=4, posters=4, streams=4, one_address=True) as load:
+        load_start = time.monotonic()
+        time.sleep(seconds / 2)
+        swap_start, wall = time.monotonic(), time.time()
+        steps = replay.swap_routed(SERVICE, image=image)
+        swap_end = swap_start + steps["old_removed"] + 1.0
+        time.sleep(max(0.0, swap_start + seconds / 2 - time.monotonic(), swap_end - time.monotonic()))
+    at = {(e, n): t for t, e, n in replay.events if t >= wall}
+    drain = at[("removed", old.name)] - at[("stopping", old.name)]
+    return {**summary(load.result, load_start, swap_start, swap_end, old_drain_s=drain, swap_s=steps["old_removed"]),
+            "steps": {k: round(v, 2) for k, v in steps.items()}}
 
 
 def main() -> None:
@@ -65,8 +126,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=12.0, help="load per run; the swap starts at the middle")
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--engine", action="store_true",
+                        help="through the gateway container on a private Docker engine (tests/engine/test_swap_engine.py)")
     args = parser.parse_args()
-    runs = [one_run(args.seconds) for _ in range(args.runs)]
+    if args.engine:
+        with engine_stack() as (replay, versions):
+            # Each run swaps to the other version: v1 -> v2 -> v1 ...
+            runs = [engine_run(replay, versions["v2" if i % 2 == 0 else "v1"], args.seconds) for i in range(args.runs)]
+    else:
+        runs = [one_run(args.seconds) for _ in range(args.runs)]
     keys = ("served", "failed", "p99_ms_steady", "p99_ms_swap", "p99_ms_swap_without_resent", "resent_idle_keepalive",
             "old_drain_s", "swap_s")
     medians = {k: statistics.median(float(r[k]) for r in runs) for k in keys}

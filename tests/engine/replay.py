@@ -23,7 +23,10 @@ the recorded inputs, and the reload `command:local:Command` run as recorded agai
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import io
+import json
 import secrets
 import shlex
 import shutil
@@ -45,6 +48,8 @@ from components.canonical import parse_cpus, parse_go_duration
 from ops.mocks import Registration, StrictMocks, digest
 from ops.runner import Recording
 from ops.strict import SECRET_SIG
+from render.acme import ACME_DIR
+from render.nginx import CONF_DIR, Layout, render_nginx
 
 MiB = 1024 * 1024
 CONTAINER = "docker:index/container:Container"
@@ -59,6 +64,7 @@ TLS_CERT = "tls:index/selfSignedCert:SelfSignedCert"
 STORES = ("postgres", "redis", "rabbitmq")
 HOST_DOCKER = "unix:///var/run/docker.sock"  # what the local stack's reload command talks to
 COMMANDS = ("command:local:Command", "command:remote:Command")
+GATEWAY_CONF = f"{CONF_DIR}/nginx.conf"  # components/gateway.py CONF
 RECORDED_DOCKER_CLI = "docker -H unix:///var/run/docker.sock"  # the local stack's host.docker_cli
 
 
@@ -164,10 +170,10 @@ class Replay:
     def recorded_name(self, reg: Registration) -> str | None:
         """The generated name the program recorded for a service container (its `services` output):
         nginx.conf names the upstreams by it, so the replay gives the container that name."""
-        services = plain(self.recording.stack_outputs.get("services") or {})
-        name = services.get(reg.name)
-        in_use = {live.name for live in self.containers.values()}
-        return str(name) if name and name not in in_use else None  # a replacement gets a new one
+        if reg.name in self.containers:
+            return None  # a replacement is auto-named anew (<resource name>-<7 random hex>), never the first name
+        name = plain(self.recording.stack_outputs.get("services") or {}).get(reg.name)
+        return str(name) if name else None
 
     # --- up ----------------------------------------------------------------------------------
 
@@ -215,8 +221,10 @@ class Replay:
         i = plain(reg.inputs)
         self.client.volumes.create(i["name"], labels=_labels(i))
 
-    def create(self, reg: Registration, *, image: str | None = None, name: str | None = None) -> Live:
-        """resourceDockerContainerCreate, step by step, then the `wait` poll."""
+    def create(self, reg: Registration, *, image: str | None = None, name: str | None = None,
+               wait_timeout: float | None = None) -> Live:
+        """resourceDockerContainerCreate, step by step, then the `wait` poll (`wait_timeout`: a test's
+        shorter deadline in place of the recorded one)."""
         i = plain(reg.inputs)
         api = self.client.api
         image = image or self.image_for(reg)
@@ -285,7 +293,7 @@ class Replay:
         api.start(cid)
         self._event("started", name)
         if i.get("wait"):
-            self.wait_healthy(live, float(i.get("waitTimeout", 60)))
+            self.wait_healthy(live, wait_timeout if wait_timeout is not None else float(i.get("waitTimeout", 60)))
         return live
 
     def port_bindings(self, ports: list[dict[str, Any]]) -> dict[str, list[tuple[str, int]]]:
@@ -429,6 +437,91 @@ class Replay:
             self.delete(old)
         self.containers[name] = new
         return new
+
+    # --- an image change of a routed service, through the gateway --------------------------------
+
+    def _recorded(self, name: str) -> Registration:
+        return next(r for r in self.recording.resources.values() if r.name == name)
+
+    def gateway_conf(self, names: Mapping[str, str], gateway: str = "gateway") -> str:
+        """nginx.conf for these container names, as the program renders it: the seed's upload is
+        `Output.all(**{svc: container.name}).apply(lambda names: render_nginx(env, names, layout))`
+        (components/gateway.py Gateway), so a new container name re-renders it. Checked against the
+        recording first: the recorded names give the recorded upload byte for byte."""
+        env = self.recording.env
+        layout = Layout(acme_dir=ACME_DIR) if env.tls.mode == "letsencrypt" else Layout()  # as Gateway chooses
+        routed = {svc for svc, spec in env.services.items() if spec.routes}
+        recorded_names = {svc: str(n) for svc, n in plain(self.recording.stack_outputs["services"]).items()
+                          if svc in routed}
+        uploads = {u["file"]: u["content"] for u in plain(self._recorded(f"{gateway}-files").inputs)["uploads"]}
+        if render_nginx(env, recorded_names, layout) != uploads[GATEWAY_CONF]:
+            raise ReplayError(f"{gateway}-files", "render", "render_nginx does not reproduce the recorded nginx.conf")
+        return render_nginx(env, names, layout)
+
+    def gateway_trigger(self, files: Mapping[str, str], gateway: str = "gateway") -> str:
+        """The reload command's trigger for these file contents (by path; the others as recorded):
+        components/gateway.py, sha256 of the JSON list of every file nginx reads, in the seed's order.
+        Checked against the recording first: the recorded contents give the recorded trigger."""
+        seed = plain(self._recorded(f"{gateway}-files").inputs)["uploads"]
+        recorded = str(plain(self._recorded(f"{gateway}-reload").inputs)["triggers"][0])
+
+        def sha(texts: list[str]) -> str:
+            return hashlib.sha256(json.dumps(texts).encode()).hexdigest()
+
+        if sha([u["content"] for u in seed]) != recorded:
+            raise ReplayError(f"{gateway}-reload", "triggers", "the recorded trigger is not the digest of the seed's files")
+        return sha([files.get(u["file"], u["content"]) for u in seed])
+
+    def reseed(self, seed: str, files: Mapping[str, str]) -> Live:
+        """A seed whose files changed, replaced as the engine replaces it: `upload` is ForceNew
+        (resource_docker_container.go schema, `"upload": {... ForceNew: true}`) and the seed is
+        create-first (components/container.py volume_seed), so a new never-started container uploads
+        the new files into the same volume (resourceDockerContainerCreate, as `create`). Returns the
+        old seed: its delete comes with the other replaced resources', after every create (`delete`)."""
+        old = self.containers[seed]
+        inputs = plain(old.reg.inputs)
+        inputs["uploads"] = [{**u, "content": files[u["file"]]} if u["file"] in files else u
+                             for u in inputs["uploads"]]
+        self.containers[seed] = self.create(dataclasses.replace(old.reg, inputs=inputs))
+        return old
+
+    def swap_routed(self, name: str, *, image: str, wait_timeout: float | None = None,
+                    gateway: str = "gateway") -> dict[str, float]:
+        """An image change of a routed service, in the engine's order, with the gateway as recorded.
+
+        The release command (its trigger, the image digest, changed) runs in the new image; the new
+        container is created beside the old one and `wait`s for healthy (a ReplayError after the wait
+        timeout: `up` fails there and nothing below runs, the old container keeps serving); the seed,
+        whose nginx.conf is an Output of the container's new name, is replaced create-first; the reload
+        command, whose trigger (the files' digest) changed, is replaced: pulumi-command's `triggers` is
+        replaceOnChanges (provider/pkg/provider/common/inputs.go), and its create runs `nginx -t` then
+        `nginx -s reload`; then the deletes of the replaced resources, once every create is done
+        (pulumi/pulumi step_generator.go / deployment_executor.go, cited in components/gateway.py): the
+        old container (SIGTERM, `destroy_grace_seconds`) and the old seed. Returns each step's end, in
+        seconds from the start."""
+        t0, steps = time.monotonic(), {}
+        release = next((r for r in self.recording.resources.values()
+                        if r.type in COMMANDS and r.name == f"{name}-release"), None)
+        if release is not None:
+            self.release(release, image=image)
+            steps["released"] = time.monotonic() - t0
+        old = self.containers[name]
+        new = self.create(old.reg, image=image, wait_timeout=wait_timeout)
+        steps["healthy"] = time.monotonic() - t0
+        self.containers[name] = new
+        routed = {svc for svc, spec in self.recording.env.services.items() if spec.routes}
+        conf = self.gateway_conf({svc: live.name for svc, live in self.containers.items() if svc in routed}, gateway)
+        old_seed = self.reseed(f"{gateway}-files", {GATEWAY_CONF: conf})
+        steps["reseeded"] = time.monotonic() - t0
+        self._event("reload", gateway)
+        done = self.run_command(f"{gateway}-reload")
+        if done.returncode != 0:
+            raise ReplayError(f"{gateway}-reload", "create", f"exit status {done.returncode}:\n{done.stdout}{done.stderr}")
+        steps["reloaded"] = time.monotonic() - t0
+        self.delete(old)
+        steps["old_removed"] = time.monotonic() - t0
+        self.delete(old_seed)
+        return steps
 
     # --- reading the running state --------------------------------------------------------------
 
