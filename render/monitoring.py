@@ -608,10 +608,13 @@ def blackbox_verification(env: Environment) -> dict[str, Any]:
       blackbox.yml): a self-signed certificate is its own issuer, so this pins the certificate this
       program made, and an old or foreign one fails the probe (both shown with the real exporter in
       tests/test_monitoring_live.py);
-    - secretsmanager, letsencrypt: the image's system roots (a public CA);
+    - secretsmanager, letsencrypt: the image's system roots (a public CA). The image is built on
+      quay.io/prometheus/busybox (prometheus/blackbox_exporter Dockerfile), which copies Debian's
+      /etc/ssl/certs/ca-certificates.crt in (prometheus/busybox glibc/Dockerfile), the first bundle
+      Go looks for on Linux;
     - letsencrypt with `acme_staging`: Let's Encrypt's staging CA is in no trust store, so
       `insecure_skip_verify`. The expiry is still reported: prometheus/blackbox_exporter prober/http.go
-      (`ProbeHTTP`: `if resp.TLS != nil` sets probe_ssl_earliest_cert_expiry) from prober/tls.go
+      (v0.25.0 and HEAD, `ProbeHTTP`: `if resp.TLS != nil` sets probe_ssl_earliest_cert_expiry) from prober/tls.go
       `getEarliestCertExpiry`, which reads `state.PeerCertificates`, filled by crypto/tls whether or
       not it verified (only probe_ssl_last_chain_expiry_timestamp_seconds needs `VerifiedChains`).
     """
