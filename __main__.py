@@ -37,7 +37,8 @@ gateway = Gateway("gateway", GatewayArgs(env=env, host=host, networks=networks, 
                                                      if env.services[name].routes}))
 # The eyes: Prometheus, Alertmanager, Grafana (under the gateway's /grafana/) and the exporters.
 monitoring = Monitoring("monitoring", MonitoringArgs(env=env, host=host, networks=networks, secrets=secrets,
-                                                     passwords={k: stores[k].password for k in ("postgres", "redis")}))
+                                                     passwords={k: stores[k].password for k in ("postgres", "redis")},
+                                                     gateway_certificate=gateway.certificate_pem))
 
 pulumi.export("host_address", host.address)
 pulumi.export("url", f"https://{env.domain}")

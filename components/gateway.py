@@ -83,6 +83,8 @@ class Gateway(pulumi.ComponentResource):
     container: docker.Container
     reload: pulumi.Resource
     acme: AcmeCompanion | None = None  # tls.mode letsencrypt only
+    # The certificate PEM this program installs (selfsigned, secretsmanager); None under letsencrypt.
+    certificate_pem: pulumi.Output[str] | None = None
 
     def __init__(self, name: str, args: GatewayArgs, opts: pulumi.ResourceOptions | None = None) -> None:
         super().__init__("my-saas-chat:gateway:Gateway", name, None, opts)
@@ -105,6 +107,7 @@ class Gateway(pulumi.ComponentResource):
             after.append(self.acme.container)
         else:
             cert, key = certificate(name, env, args.secrets, self)
+            self.certificate_pem = cert
             files |= {layout.cert: cert, layout.key: key}
         volume = docker.Volume(f"{name}-config", name=f"mysaaschat-{env.stack}-gateway-config",
                                labels=[docker.VolumeLabelArgs(label="com.mysaaschat.stack", value=env.stack)],

@@ -16,7 +16,8 @@ listen on the default bridge's address, and a container on an internal network s
 host's own addresses (Docker's isolation rules filter forwarded traffic only): Prometheus reaches them
 as `host.docker.internal` (`host-gateway`), shown on the engine by tests/engine/test_monitoring_engine.py.
 Alertmanager joins `egress` (its receivers are on the internet); the Postgres and Redis exporters join
-`data`; the nginx exporter and Grafana join `apps` (the gateway).
+`data`; the nginx exporter, the blackbox exporter and Grafana join `apps` (the gateway: the blackbox
+exporter probes its HTTPS listener, 8443 inside, where the gateway's alias `gateway` answers).
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ from render import monitoring as r
 
 NOBODY = "65534:65534"
 USERS = {"prometheus": NOBODY, "alertmanager": NOBODY, "grafana": "472:472", "node-exporter": NOBODY,
-         "cadvisor": NOBODY, "postgres-exporter": NOBODY, "redis-exporter": "59000:59000", "nginx-exporter": NOBODY}
+         "cadvisor": NOBODY, "postgres-exporter": NOBODY, "redis-exporter": "59000:59000", "nginx-exporter": NOBODY,
+         "blackbox-exporter": NOBODY}
 HEALTH: dict[str, str | int] = {"interval": "15s", "timeout": "5s", "retries": 3, "start_period": "30s"}
 
 
@@ -56,6 +58,9 @@ class MonitoringArgs:
     networks: Networks
     secrets: SecretStore
     passwords: Mapping[str, pulumi.Output[str]]  # the stores' passwords: postgres, redis
+    # The gateway's certificate PEM, the probe's trust anchor under tls.mode selfsigned
+    # (render/monitoring.py blackbox_verification); unused otherwise.
+    gateway_certificate: pulumi.Input[str] | None = None
 
 
 def _digest(files: Mapping[str, str]) -> str:
@@ -124,6 +129,17 @@ class Monitoring(pulumi.ComponentResource):
             "nginx-exporter", mon.nginx_exporter, None, {},
             healthcheck=["CMD", "/usr/bin/nginx-prometheus-exporter", "--version"],
             command=r.nginx_exporter_command("gateway"), networks=[self.network.name, nets.apps.name])
+        blackbox_files: dict[str, pulumi.Input[str]] = dict(files["blackbox-exporter"])
+        if env.tls.mode == "selfsigned":
+            if args.gateway_certificate is None:
+                raise ValueError("tls.mode selfsigned: the blackbox probe needs the gateway's certificate")
+            blackbox_files[r.BLACKBOX_CA_FILE] = args.gateway_certificate
+        # The gateway's certificate as served (probe_ssl_earliest_cert_expiry): the CertificateExpiring
+        # and GatewayProbeFailed alerts read it. No capability: HTTP probes only (ICMP would need NET_RAW).
+        self.containers["blackbox-exporter"] = self._container(
+            "blackbox-exporter", mon.blackbox_exporter, r.BLACKBOX_DIR, blackbox_files,
+            healthcheck=wget(r.BLACKBOX_PORT, "/-/healthy"), command=r.blackbox_command(),
+            networks=[self.network.name, nets.apps.name])
         self.register_outputs({"containers": {k: c.name for k, c in self.containers.items()},
                                "monitoring_network": self.network.name, "stack": stack})
 

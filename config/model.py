@@ -398,6 +398,8 @@ class Monitoring(Strict):
     postgres_exporter: MonitoringContainer
     redis_exporter: MonitoringContainer
     nginx_exporter: MonitoringContainer
+    blackbox_exporter: MonitoringContainer = Field(description="Probes the gateway's HTTPS listener: the served "
+                                                   "certificate's expiry and whether it verifies.")
 class BackupStorage(Strict):
     """The S3 bucket backups go to (`host.backup_bucket`, ec2 hosts), replicated to a second region.
 

@@ -24,6 +24,3 @@ BACKUP_ARCHIVE_LAG = "mysaaschat_backup_archive_lag_seconds"
 SERVICE_REQUEST_DURATION = "http_request_duration_seconds"
 SERVICE_STATUS_LABEL = "status_code"
 
-# Unix time the gateway's certificate expires (label: domain), written into TEXTFILE_HOST_DIR by
-# whatever renews or installs the certificate (`tls-cert.prom`); the "certificate expiring" alert reads it.
-TLS_CERT_NOT_AFTER = "mysaaschat_tls_certificate_not_after_timestamp_seconds"

@@ -19,6 +19,10 @@ Where Prometheus finds what it scrapes, and why:
   per-service rate, errors and latency come from the services' own histograms, which know the route.
 - Docker's engine: dockerd's own `metrics-addr` (render/cloud_init.py daemon.json), on the default
   bridge's address, reached from Prometheus as `host.docker.internal` (Docker's `host-gateway`).
+- The gateway's certificate: the blackbox exporter probes `https://gateway:8443/healthz` with the
+  stack's domain as TLS server name, so what is measured is the certificate nginx actually serves
+  (`probe_ssl_earliest_cert_expiry`), whoever installed it; `probe_success` says whether the probe
+  (TLS verification included) worked at all.
 """
 
 from __future__ import annotations
@@ -41,7 +45,6 @@ from render.contracts import (
     BACKUP_LAST_SUCCESS,
     SERVICE_REQUEST_DURATION,
     SERVICE_STATUS_LABEL,
-    TLS_CERT_NOT_AFTER,
 )
 
 # Ports inside the containers (nothing is published on the host).
@@ -53,6 +56,7 @@ CADVISOR_PORT = 8080
 POSTGRES_EXPORTER_PORT = 9187
 REDIS_EXPORTER_PORT = 9121
 NGINX_EXPORTER_PORT = 9113
+BLACKBOX_PORT = 9115
 # rabbitmq_prometheus' default listener; the official image enables the plugin
 # (docker-library/rabbitmq 4.0/alpine/Dockerfile: `rabbitmq-plugins enable --offline rabbitmq_prometheus`).
 RABBITMQ_PROMETHEUS_PORT = 15692
@@ -67,6 +71,9 @@ PROMETHEUS_DIR = "/etc/mysaaschat-prometheus"
 ALERTMANAGER_DIR = "/etc/mysaaschat-alertmanager"
 GRAFANA_DIR = "/etc/mysaaschat-grafana"
 EXPORTER_DIR = "/etc/mysaaschat-exporter"
+BLACKBOX_DIR = "/etc/mysaaschat-blackbox"
+# The stack's own certificate, the trust anchor of a `selfsigned` stack's probe (see blackbox_modules).
+BLACKBOX_CA_FILE = "gateway-ca.pem"
 NODE_TEXTFILE_DIR = "/textfile"  # TEXTFILE_HOST_DIR, mounted read-only (config/host_access.py)
 
 DATASOURCE_UID = "mysaaschat-prometheus"
@@ -83,8 +90,12 @@ STATIC_JOBS: dict[str, tuple[str, int]] = {
     "rabbitmq": ("rabbitmq", RABBITMQ_PROMETHEUS_PORT),
     "gateway": ("nginx-exporter", NGINX_EXPORTER_PORT),
     "docker": (DOCKER_HOST_ALIAS, DOCKERD_METRICS_PORT),
+    "blackbox": ("blackbox-exporter", BLACKBOX_PORT),
 }
 SERVICES_JOB = "services"
+# The blackbox probe of the gateway's TLS endpoint: job and module names (alerts select on the job).
+GATEWAY_TLS_JOB = "gateway-tls"
+GATEWAY_TLS_MODULE = "gateway_tls"
 # Containers of the stack as cAdvisor sees them without the Docker API: cgroup v2 with the systemd
 # driver (Debian 12, docker.io 20.10) places each container in /system.slice/docker-<id>.scope.
 CONTAINER_CGROUP = 'id=~"/system.slice/docker-.+\\\\.scope"'
@@ -137,6 +148,31 @@ def scrape_configs(env: Environment) -> list[dict[str, Any]]:
     return jobs
 
 
+def gateway_probe_target() -> str:
+    """The gateway's HTTPS listener as seen from the `apps` network: the port inside the container (the
+    host publishes 443 -> 8443), the health path nginx answers itself (no upstream involved)."""
+    from render.nginx import GATEWAY_HEALTH, Layout  # render.nginx imports this module
+
+    return f"https://gateway:{Layout().https_port}{GATEWAY_HEALTH}"
+
+
+def gateway_tls_job(env: Environment) -> dict[str, Any]:
+    # The blackbox exporter's multi-target pattern: the target becomes the `target` parameter and the
+    # instance label, the scrape goes to the exporter (prometheus/blackbox_exporter README, "Prometheus
+    # Configuration"). The domain label names the certificate in the alert.
+    return {
+        "job_name": GATEWAY_TLS_JOB,
+        "metrics_path": "/probe",
+        "params": {"module": [GATEWAY_TLS_MODULE]},
+        "static_configs": [{"targets": [gateway_probe_target()], "labels": {"domain": env.domain}}],
+        "relabel_configs": [
+            {"source_labels": ["__address__"], "target_label": "__param_target"},
+            {"source_labels": ["__param_target"], "target_label": "instance"},
+            {"target_label": "__address__", "replacement": f"{STATIC_JOBS['blackbox'][0]}:{BLACKBOX_PORT}"},
+        ],
+    }
+
+
 def render_prometheus(env: Environment) -> str:
     mon = env.monitoring
     return _yaml({
@@ -147,7 +183,7 @@ def render_prometheus(env: Environment) -> str:
         },
         "rule_files": [f"{PROMETHEUS_DIR}/rules/*.yml"],
         "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"alertmanager:{ALERTMANAGER_PORT}"]}]}]},
-        "scrape_configs": scrape_configs(env),
+        "scrape_configs": [*scrape_configs(env), gateway_tls_job(env)],
     })
 
 
@@ -218,9 +254,15 @@ def alerts(env: Environment) -> list[Alert]:
               "5m", "warning",
               f"Postgres has more than {a.postgres_connections_ratio:.0%} of its max_connections ({pg.max_connections}) in use"),
         Alert("RedisDown", "redis_up == 0", "1m", "critical", "the Redis exporter cannot reach Redis"),
+        # The certificate the gateway serves, as the blackbox probe saw it (gateway_tls_job).
         Alert("CertificateExpiring",
-              f"min by (domain) ({TLS_CERT_NOT_AFTER}) - time() < {a.certificate_days * 86400}",
+              f'min by (domain) (probe_ssl_earliest_cert_expiry{{job="{GATEWAY_TLS_JOB}"}}) - time()'
+              f" < {a.certificate_days * 86400}",
               "1h", "warning", "the certificate of {{ $labels.domain }} expires in less than " + f"{a.certificate_days} days"),
+        # The exporter answers (`up` is 1) but the probe failed: no TLS, a certificate that does not verify
+        # (expired, wrong name, not ours) or no 200 on /healthz. Then there is no expiry to read either.
+        Alert("GatewayProbeFailed", f'probe_success{{job="{GATEWAY_TLS_JOB}"}} == 0', a.down_for, "critical",
+              "the HTTPS probe of {{ $labels.instance }} ({{ $labels.domain }}) fails: TLS, certificate or /healthz"),
         Alert("BackupTooOld", f"time() - max by (stanza) ({BACKUP_LAST_SUCCESS}) > {a.backup_max_age_hours * 3600}",
               "0s", "critical", "the newest backup of {{ $labels.stanza }} is older than " + f"{a.backup_max_age_hours}h"),
         # No backup metric at all means no backup is known to have run.
@@ -326,9 +368,15 @@ def render_rule_tests(env: Environment, rules_path: str = "alerts.yml") -> str:
         case([{"series": 'pg_stat_activity_count{datname="x",state="active",job="postgres"}', "values": f"{conns}x15"}],
              "PostgresConnectionsNearMax", "10m", fired("PostgresConnectionsNearMax", {}) if fires else [])
     # CertificateExpiring: at eval time (1h10m = 4200 s) the certificate ends in days-1 (bad) or days+1 (good).
+    probe = {"job": GATEWAY_TLS_JOB, "instance": gateway_probe_target(), "domain": env.domain}
+    probe_labels = ",".join(f'{k}="{v}"' for k, v in probe.items())
     for days, fires in ((a.certificate_days - 1, True), (a.certificate_days + 1, False)):
-        case([{"series": f'{TLS_CERT_NOT_AFTER}{{domain="{env.domain}"}}', "values": f"{4200 + days * 86400}x80"}],
+        case([{"series": f"probe_ssl_earliest_cert_expiry{{{probe_labels}}}", "values": f"{4200 + days * 86400}x80"}],
              "CertificateExpiring", "70m", fired("CertificateExpiring", {"domain": env.domain}) if fires else [])
+    # GatewayProbeFailed: a failing probe long enough fires; a succeeding one stays quiet.
+    for value, fires in ((0, True), (1, False)):
+        case([{"series": f"probe_success{{{probe_labels}}}", "values": f"{value}x{down_min + 5}"}],
+             "GatewayProbeFailed", f"{down_min + 2}m", fired("GatewayProbeFailed", probe) if fires else [])
     # BackupTooOld / BackupMissing: the last success at t=0, evaluated past (bad) or within (good) the limit.
     max_age = a.backup_max_age_hours * 3600
     for at, fires in ((max_age + 3600, True), (max_age - 3600, False)):
@@ -553,6 +601,53 @@ def nginx_exporter_command(gateway_host: str) -> list[str]:
             f"--web.listen-address=:{NGINX_EXPORTER_PORT}"]
 
 
+def blackbox_verification(env: Environment) -> dict[str, Any]:
+    """How the probe verifies the gateway's certificate, per `tls.mode`:
+
+    - selfsigned: against the stack's own certificate as the only root (`ca_file`, written next to
+      blackbox.yml): a self-signed certificate is its own issuer, so this pins the certificate this
+      program made, and an old or foreign one fails the probe (both shown with the real exporter in
+      tests/test_monitoring_live.py);
+    - secretsmanager, letsencrypt: the image's system roots (a public CA). The image is built on
+      quay.io/prometheus/busybox (prometheus/blackbox_exporter Dockerfile), which copies Debian's
+      /etc/ssl/certs/ca-certificates.crt in (prometheus/busybox glibc/Dockerfile), the first bundle
+      Go looks for on Linux;
+    - letsencrypt with `acme_staging`: Let's Encrypt's staging CA is in no trust store, so
+      `insecure_skip_verify`. The expiry is still reported: prometheus/blackbox_exporter prober/http.go
+      (v0.25.0 and HEAD, `ProbeHTTP`: `if resp.TLS != nil` sets probe_ssl_earliest_cert_expiry) from prober/tls.go
+      `getEarliestCertExpiry`, which reads `state.PeerCertificates`, filled by crypto/tls whether or
+      not it verified (only probe_ssl_last_chain_expiry_timestamp_seconds needs `VerifiedChains`).
+    """
+    tls: dict[str, Any] = {"server_name": env.domain}
+    if env.tls.mode == "selfsigned":
+        tls["ca_file"] = f"{BLACKBOX_DIR}/{BLACKBOX_CA_FILE}"
+    elif env.tls.mode == "letsencrypt" and env.tls.acme_staging:
+        tls["insecure_skip_verify"] = True
+    return tls
+
+
+def render_blackbox(env: Environment) -> str:
+    # Field names: prometheus/blackbox_exporter config/config.go (`HTTPProbe`, its inline
+    # `HTTPClientConfig` from prometheus/common config/http_config.go with `tls_config`).
+    return _yaml({"modules": {GATEWAY_TLS_MODULE: {
+        "prober": "http",
+        "timeout": "10s",
+        "http": {
+            "method": "GET",
+            "valid_status_codes": [200],
+            # A plain-HTTP answer must never count as success: the point is the certificate.
+            "fail_if_not_ssl": True,
+            "follow_redirects": False,
+            "preferred_ip_protocol": "ip4",
+            "tls_config": blackbox_verification(env),
+        },
+    }}})
+
+
+def blackbox_command() -> list[str]:
+    return [f"--config.file={BLACKBOX_DIR}/blackbox.yml", f"--web.listen-address=:{BLACKBOX_PORT}"]
+
+
 def monitoring_files(env: Environment, urls: dict[str, str]) -> dict[str, dict[str, str]]:
     """Every monitoring file per container (paths relative to its config directory); no secret but the
     receivers' URLs (alertmanager.yml), which the caller passes in."""
@@ -564,4 +659,6 @@ def monitoring_files(env: Environment, urls: dict[str, str]) -> dict[str, dict[s
         "prometheus": {"prometheus.yml": render_prometheus(env), RULES_FILE: render_rules(env)},
         "alertmanager": {"alertmanager.yml": render_alertmanager(env, urls)},
         "grafana": grafana,
+        # The `selfsigned` trust anchor (BLACKBOX_CA_FILE) is the gateway's certificate, added by the component.
+        "blackbox-exporter": {"blackbox.yml": render_blackbox(env)},
     }

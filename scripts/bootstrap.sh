@@ -12,10 +12,11 @@ if [[ "${1:-}" == "--test-tools" ]]; then
   # their images without a registry; nftables puts back the firewall dockerd changed; nginx-light, openssl and wrk
   # run the gateway tests (tests/test_gateway_live.py) and bench.gateway; pgbackrest (with postgresql 15) runs
   # the backup tests (tests/test_backup_live.py), bench.backup and bench.backup_drill; the Prometheus family
-  # judges and runs the monitoring files (tests/test_monitoring.py, tests/test_monitoring_live.py).
+  # judges and runs the monitoring files (tests/test_monitoring.py, tests/test_monitoring_live.py,
+  # tests/test_blackbox_live.py).
   packages=(postgresql redis-server rabbitmq-server cloud-init docker.io debootstrap nftables iptables nginx-light openssl wrk pgbackrest
             prometheus prometheus-alertmanager prometheus-node-exporter prometheus-postgres-exporter
-            prometheus-redis-exporter prometheus-nginx-exporter)
+            prometheus-redis-exporter prometheus-nginx-exporter prometheus-blackbox-exporter)
   # python3-cryptography runs the certbot companion's bootstrap (as certbot's image would); systemd-analyze
   # (systemd) judges the certificate reload units (tests/test_acme.py).
   packages+=(python3-cryptography systemd)

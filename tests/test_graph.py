@@ -14,7 +14,7 @@ STORES = {"postgres", "redis", "rabbitmq"}
 GATEWAY = "gateway"
 # components/monitoring.py: Prometheus and Alertmanager keep data (stateful); the others are stateless.
 MONITORING = {"prometheus", "alertmanager", "grafana", "node-exporter", "cadvisor", "postgres-exporter",
-              "redis-exporter", "nginx-exporter"}
+              "redis-exporter", "nginx-exporter", "blackbox-exporter"}
 MONITORING_DATA = {"prometheus", "alertmanager"}
 
 
@@ -45,7 +45,8 @@ def test_no_upload_targets_a_read_only_container(rec: Recording) -> None:
 
 
 def test_seeds_never_run_and_hold_no_privilege(rec: Recording) -> None:
-    with_files = (*STORES, GATEWAY, "prometheus", "alertmanager", "grafana", "postgres-exporter", "redis-exporter")
+    with_files = (*STORES, GATEWAY, "prometheus", "alertmanager", "grafana", "postgres-exporter", "redis-exporter",
+                  "blackbox-exporter")
     assert {s.name for s in seeds(rec)} == {f"{k}-files" for k in with_files}
     for s in seeds(rec):
         i = s.inputs

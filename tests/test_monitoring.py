@@ -16,7 +16,7 @@ import yaml
 
 from config import Environment, load_environment, read_stack_file
 from render import monitoring as m
-from render.contracts import BACKUP_LAST_SUCCESS, SERVICE_REQUEST_DURATION, TLS_CERT_NOT_AFTER
+from render.contracts import BACKUP_LAST_SUCCESS, SERVICE_REQUEST_DURATION
 from tests.conftest import require_tool
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -181,8 +181,9 @@ KNOWN_METRICS: dict[str, set[str]] = {
     # moby/moby v20.10.24 daemon/metrics.go: namespace engine_daemon, "container_states", unit "containers".
     "docker": {"engine_daemon_container_states_containers"},
     # The product services and the backup jobs: render/contracts.py.
-    "contracts": {f"{SERVICE_REQUEST_DURATION}_count", f"{SERVICE_REQUEST_DURATION}_bucket", BACKUP_LAST_SUCCESS,
-                  TLS_CERT_NOT_AFTER},
+    "contracts": {f"{SERVICE_REQUEST_DURATION}_count", f"{SERVICE_REQUEST_DURATION}_bucket", BACKUP_LAST_SUCCESS},
+    # prometheus/blackbox_exporter (v0.25.0) prober/handler.go (probe_success), prober/http.go ProbeHTTP.
+    "blackbox": {"probe_success", "probe_ssl_earliest_cert_expiry"},
 }
 PROMQL_WORDS = {"sum", "by", "rate", "histogram_quantile", "label_values", "min", "max", "avg", "time", "absent",
                 "predict_linear", "changes", "and", "or", "unless", "without", "on", "ignoring", "count", "le",
@@ -284,7 +285,7 @@ def test_nothing_of_monitoring_is_published_and_grafana_reads_its_password_from_
     found = _containers(stack)
     running = {n: c for n, c in found.items() if not n.endswith("-files")}
     assert set(running) == {"prometheus", "alertmanager", "grafana", "node-exporter", "cadvisor", "postgres-exporter",
-                            "redis-exporter", "nginx-exporter"}
+                            "redis-exporter", "nginx-exporter", "blackbox-exporter"}
     for name, c in running.items():
         assert "ports" not in c.inputs, name
     envs = [str(e) for e in plain(running["grafana"].inputs["envs"])]

@@ -112,7 +112,12 @@ def rewrite_prometheus(config: dict[str, Any], ports: dict[str, int], closed: in
     config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] = [f"127.0.0.1:{alertmanager}"]
     for job in config["scrape_configs"]:
         name = job["job_name"]
-        if "static_configs" in job:
+        if name == m.GATEWAY_TLS_JOB:
+            # The probed URL stays (nothing answers it here); the exporter's address moves.
+            relabel = job["relabel_configs"][-1]
+            assert relabel["target_label"] == "__address__"
+            relabel["replacement"] = f"127.0.0.1:{ports.get('blackbox', closed)}"
+        elif "static_configs" in job:
             job["static_configs"][0]["targets"] = [f"127.0.0.1:{ports.get(name, closed)}"]
         else:
             assert name == m.SERVICES_JOB and set(job) == {"job_name", "dns_sd_configs", "relabel_configs"}

@@ -231,8 +231,9 @@ def test_fixed_name_volumes_replace_delete_first_and_data_is_kept(rec: Recording
     volumes = of_type(rec, "docker:index/volume:Volume")
     backups = rec.env.host.backup_bucket is not None
     # Data and secrets per store, the gateway's config; with backups Postgres's shared socket directory;
-    # monitoring: five config volumes, two data volumes.
-    assert len(volumes) == 2 * len(STORES) + 1 + backups + 5 + len(MONITORING_DATA)
+    # monitoring: six config volumes (Prometheus, Alertmanager, Grafana, the Postgres, Redis and blackbox
+    # exporters), two data volumes.
+    assert len(volumes) == 2 * len(STORES) + 1 + backups + 6 + len(MONITORING_DATA)
     for v in volumes:
         assert v.delete_before_replace is True, v.name  # a second volume with one name cannot exist
         kept = v.name.endswith("-data") or (backups and v.name == "postgres-run")  # a store writes both
