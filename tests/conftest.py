@@ -128,3 +128,32 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
         terminalreporter.write_sep("-", "request counts")
         for line in sorted(lines):
             terminalreporter.write_line(line)
+
+
+# --- a local AWS (moto over real HTTP), for the tests of the operator's AWS commands ----------------
+
+@pytest.fixture(scope="module")
+def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """One moto server per test module; the environment that points boto3 at it."""
+    from tests.moto_server import aws_env, moto_server
+
+    with moto_server(tmp_path_factory.mktemp("moto")) as url:
+        yield aws_env(url)
+
+
+@pytest.fixture
+def client(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """A Secrets Manager client on that server, which starts each test empty."""
+    import boto3
+
+    from tests.moto_server import UNSET
+
+    for k, v in aws.items():
+        monkeypatch.setenv(k, v)
+    for k in UNSET:
+        monkeypatch.delenv(k, raising=False)
+    sm = boto3.client("secretsmanager", region_name="eu-west-1")
+    for page in sm.get_paginator("list_secrets").paginate():
+        for s in page["SecretList"]:
+            sm.delete_secret(SecretId=s["ARN"], ForceDeleteWithoutRecovery=True)
+    return sm

@@ -8,16 +8,14 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 import yaml
 
 from tests.conftest import ROOT
-from tests.moto_server import UNSET, aws_env, free_port, moto_server
+from tests.moto_server import UNSET, aws_env, free_port
 
 JWT = "9fK2xQ7vLm3Rt8Wz1Yb6Nc4Hd0Pj5Sa"
 OPENAI = "sk-proj-Zq8xT4mN7vB2cK9pL1wR6yH3"
@@ -157,23 +155,6 @@ def test_an_unreadable_file_is_named(tmp_path: Path) -> None:
 
 # --- migrate ------------------------------------------------------------------------------------
 
-@pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as url:
-        yield aws_env(url)
-
-
-@pytest.fixture
-def client(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    for k, v in aws.items():
-        monkeypatch.setenv(k, v)
-    for k in UNSET:
-        monkeypatch.delenv(k, raising=False)
-    sm = boto3.client("secretsmanager", region_name="eu-west-1")
-    for page in sm.get_paginator("list_secrets").paginate():
-        for s in page["SecretList"]:
-            sm.delete_secret(SecretId=s["ARN"], ForceDeleteWithoutRecovery=True)
-    return sm
 
 
 def stack_dir(tmp_path: Path, stack: str = "prod") -> Path:

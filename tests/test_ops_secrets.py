@@ -6,36 +6,15 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from typing import Any
 
-import boto3
 import pytest
 
 from config.model import MANAGED_SECRETS
 from ops import secrets as sm
 from ops.strict import is_secret
 from tests.conftest import ROOT, recording
-from tests.moto_server import UNSET, aws_env, moto_server
-
-
-@pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    with moto_server(tmp_path_factory.mktemp("moto")) as url:
-        yield aws_env(url)
-
-
-@pytest.fixture
-def client(aws: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
-    for k, v in aws.items():
-        monkeypatch.setenv(k, v)
-    for k in UNSET:
-        monkeypatch.delenv(k, raising=False)
-    sm_client = boto3.client("secretsmanager", region_name="eu-west-1")
-    for page in sm_client.get_paginator("list_secrets").paginate():
-        for s in page["SecretList"]:
-            sm_client.delete_secret(SecretId=s["ARN"], ForceDeleteWithoutRecovery=True)
-    return sm_client
+from tests.moto_server import UNSET
 
 
 def cli(aws: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
