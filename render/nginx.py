@@ -104,9 +104,8 @@ def security_headers(env: Environment, csp: bool) -> list[Directive]:
     return [d("add_header", name, value, "always") for name, value in headers]
 
 
-def _proxy(service: str) -> list[Directive]:
+def _upstream_headers() -> list[Directive]:
     return [
-        d("proxy_pass", f"http://{service}"),  # no URI part: the path (and a webhook's body) pass unchanged
         d("proxy_http_version", "1.1"),  # keepalive to the upstream, and chunked SSE
         d("proxy_set_header", "Connection", ""),
         d("proxy_set_header", "Host", "$host"),
@@ -115,6 +114,13 @@ def _proxy(service: str) -> list[Directive]:
         d("proxy_set_header", "X-Forwarded-For", "$remote_addr"),
         d("proxy_set_header", "X-Forwarded-Proto", "https"),
         d("proxy_set_header", "X-Request-ID", "$req_id"),
+    ]
+
+
+def _proxy(service: str) -> list[Directive]:
+    return [
+        d("proxy_pass", f"http://{service}"),  # no URI part: the path (and a webhook's body) pass unchanged
+        *_upstream_headers(),
         d("add_header", "X-Request-ID", "$req_id", "always"),
     ]
 
@@ -195,13 +201,7 @@ def grafana_locations(env: Environment) -> list[Directive]:
         d("resolver", "127.0.0.11", "valid=10s", "ipv6=off"),
         d("set", "$grafana", f"http://{grafana_alias()}:{GRAFANA_PORT}"),
         d("proxy_pass", "$grafana"),
-        d("proxy_http_version", "1.1"),
-        d("proxy_set_header", "Connection", ""),
-        d("proxy_set_header", "Host", "$host"),
-        d("proxy_set_header", "X-Real-IP", "$remote_addr"),
-        d("proxy_set_header", "X-Forwarded-For", "$remote_addr"),
-        d("proxy_set_header", "X-Forwarded-Proto", "https"),
-        d("proxy_set_header", "X-Request-ID", "$req_id"),
+        *_upstream_headers(),
         *security_headers(env, csp=False),
     ]
     return [d("location", "^~", f"{GRAFANA_SUB_PATH}/", block=body),
