@@ -7,7 +7,8 @@ config and message), so `releases` and `rollback` need no store of our own.
 
 Exit codes (also in the README): 0 done; 1 drift found; 2 refused input (invalid config, a mutable
 tag, an unknown release, destroying prod without --confirm-prod); 3 verification failed and the
-previous release was restored; 4 an engine step failed; 5 the stack is locked by another update;
+previous release was restored; 4 an engine step failed (a release's failed update is rolled back to
+the previous good release too); 5 the stack is locked by another update;
 6 no backend login; 130 cancelled (Ctrl-C; the update is cancelled cleanly).
 """
 
@@ -269,6 +270,23 @@ def up(stack: str, *, image_tag: str | None = None, base_url: str | None = None,
         handle.cancel()
         echo("cancelled: the update was cancelled; the stack is unlocked")
         return CANCELLED
+    except DeployError as error:
+        # A release whose update failed (a migration's non-zero exit, a container that never turned
+        # healthy) must not stay the stack's desired state: its tag would be retried by the next
+        # `up` of any change, and a never-healthy container stays running, with its network aliases,
+        # after the provider's `wait` gives up (kreuzwerker/terraform-provider-docker v4.5.0
+        # resource_docker_container_funcs.go resourceDockerContainerCreate: the wait returns
+        # errContainerFailedToBeInHealthyState and removes nothing). An update back to the previous
+        # good release restores the tag and replaces that container by the release that was serving.
+        if (error.code != ENGINE_FAILED or image_tag is None or not rollback_on_failure or previous is None
+                or previous.image_tag in ("", tag)):
+            raise
+        phase(f"up {tag} failed", t)
+        t = time.monotonic()
+        _restore(handle, stack, previous, f"{tag} failed to update")
+        phase(f"rollback to {previous.image_tag}", t)
+        raise DeployError(ENGINE_FAILED, f"{error}\nrolled back to {previous.image_tag} "
+                                         f"(release {previous.version})") from None
     phase(f"up {tag}", t)
     t = time.monotonic()
     failures = verify(verification_urls(env, base_url), deadline if deadline is not None else verification_deadline(env))
@@ -280,12 +298,17 @@ def up(stack: str, *, image_tag: str | None = None, base_url: str | None = None,
         echo("no earlier good release to restore")
         return VERIFY_FAILED
     t = time.monotonic()
-    with engine_errors(stack):
-        handle.set_config(IMAGE_TAG_KEY, auto.ConfigValue(previous.image_tag))
-        handle.up(message=f"rollback to {previous.image_tag} (release {previous.version}) after {tag} failed verification",
-                  policy_packs=_policy_packs())
+    _restore(handle, stack, previous, f"{tag} failed verification")
     phase(f"rollback to {previous.image_tag}", t)
     return VERIFY_FAILED
+
+
+def _restore(handle: auto.Stack, stack: str, previous: Release, why: str) -> None:
+    """An update back to `previous`'s image tag (Pulumi has no rollback of its own)."""
+    with engine_errors(stack):
+        handle.set_config(IMAGE_TAG_KEY, auto.ConfigValue(previous.image_tag))
+        handle.up(message=f"rollback to {previous.image_tag} (release {previous.version}) after {why}",
+                  policy_packs=_policy_packs())
 
 
 def _last_good(history: list[Release]) -> Release | None:

@@ -158,11 +158,12 @@ def test_engine_failures_end_with_one_line_and_their_exit_code(fake: Path, outco
     assert error.value.code == code and message in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_failed_migration_reports_its_exit_code_and_last_log_lines_and_rolls_nothing_back(
+def test_a_failed_migration_reports_its_exit_code_and_last_log_lines_and_is_rolled_back(
         fake: Path, endpoint: tuple[str, dict[str, int]]) -> None:
     """The engine reports the release command's failure as a diagnostic on its resource (the text
     pulumi-command returns, components/container.py release_script); the driver keeps it below its
-    one line. No verification and no rollback: the old containers never stopped serving."""
+    one line. No verification (the old containers never stopped serving), but the failed tag does
+    not stay the stack's desired state: an update back to the previous good release follows."""
     url, status = endpoint
     history(fake, "2026.11.24-3f9c2ab")
     urn = f"{URN}my-saas-chat:service:AppService$command:remote:Command::billing-service-release"
@@ -183,8 +184,21 @@ def test_a_failed_migration_reports_its_exit_code_and_last_log_lines_and_rolls_n
     assert lines[1] == '  billing-service-release: exit status 3: running "log=$(mktemp) ...":'
     assert "    release command of billing-service (npx prisma migrate deploy) failed with exit code 3; " \
            "last 20 log lines:" in lines
-    assert lines[-1] == "    Error: P3018 migration 0031_add_index failed to apply"
-    assert status["hits"] == 0 and len([c for c in calls(fake) if c[0] == "up"]) == 1
+    assert lines[-2] == "    Error: P3018 migration 0031_add_index failed to apply"
+    assert lines[-1] == "rolled back to 2026.11.24-3f9c2ab (release 1)"
+    ups = [c for c in calls(fake) if c[0] == "up"]
+    assert status["hits"] == 0 and len(ups) == 2
+    assert ups[1][ups[1].index("--message") + 1] == \
+        "rollback to 2026.11.24-3f9c2ab (release 1) after 2026.11.26-eeeeeee failed to update"
+    assert [c[-1] for c in calls(fake) if c[:2] == ["config", "set"]] == ["2026.11.26-eeeeeee", "2026.11.24-3f9c2ab"]
+
+
+def test_a_failed_update_with_nothing_earlier_leaves_one_line(fake: Path) -> None:
+    queue(fake, up=[{"result": "failed"}])
+    with pytest.raises(deploy.DeployError) as error:
+        deploy.up("prod", image_tag="2026.11.26-fffffff", echo=lambda _: None, deadline=1)
+    assert error.value.code == deploy.ENGINE_FAILED and "rolled back" not in str(error.value)
+    assert len([c for c in calls(fake) if c[0] == "up"]) == 1
 
 
 @pytest.mark.parametrize("tag", ["latest", "LATEST", "main", " "])
