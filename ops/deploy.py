@@ -276,8 +276,11 @@ def up(stack: str, *, image_tag: str | None = None, base_url: str | None = None,
         # `up` of any change, and a never-healthy container stays running, with its network aliases,
         # after the provider's `wait` gives up (kreuzwerker/terraform-provider-docker v4.5.0
         # resource_docker_container_funcs.go resourceDockerContainerCreate: the wait returns
-        # errContainerFailedToBeInHealthyState and removes nothing). An update back to the previous
-        # good release restores the tag and replaces that container by the release that was serving.
+        # errContainerFailedToBeInHealthyState and removes nothing), while the engine marks the serving
+        # container pending deletion (pulumi/pulumi pkg/resource/deploy/step.go CreateStep.Apply sets
+        # `s.old.Delete = true` on a partial failure). An update back to the previous good release
+        # restores the tag, creates a fresh container of it and deletes the failed and the pending one
+        # only after every create (step_generator.go GenerateDeletes), so the service stays served.
         if (error.code != ENGINE_FAILED or image_tag is None or not rollback_on_failure or previous is None
                 or previous.image_tag in ("", tag)):
             raise
