@@ -227,43 +227,40 @@ def start_restored(target: Path, sock: Path, port: int | None = None) -> pglab.C
 # At backup time (`run`) the tables' row counts and checksums are recorded together with a named
 # restore point, under SHARE locks (writes to those tables wait, reads do not), so the state the
 # checksums describe is exactly the state at the restore point. `verify` restores to that point in
-# a scratch instance and compares. The manifest is an object beside the repository:
-# s3://<bucket>/<stack>/verify/<label>.json (pgBackRest's own files stay pgBackRest's).
+# a scratch instance and compares. `run` stores the manifest as an object beside the repository,
+# s3://<bucket>/<stack>/verify/<label>.json; the scheduler (no S3 client in the store image) as the
+# backup's own `verify` annotation. Both record it with render/pgbackrest.py manifest_sql.
 
 def live_cluster(runtime: pbr.Runtime) -> pglab.Cluster:
     return pglab.Cluster(Path(runtime.pg_path), Path(runtime.socket_path), port=runtime.port)
 
 
 def record_manifest(runtime: pbr.Runtime, database: str, label: str) -> dict[str, Any]:
+    """The verification manifest, recorded by the same SQL the scheduler runs after its backups
+    (render/pgbackrest.py manifest_sql): one renderer, one definition of what verify compares."""
     cluster = live_cluster(runtime)
-    tables = [t for t in cluster.sql(database, pglab.TABLE_CHECKSUMS).splitlines() if t]
-    idents = ", ".join(_ident(t) for t in tables)
-    parts = [f"SELECT {_literal(t)}, count(*), coalesce(md5(string_agg(md5(r::text), '' ORDER BY md5(r::text))), '') "
-             f"FROM {_ident(t)} AS r" for t in tables]
-    script = "BEGIN ISOLATION LEVEL REPEATABLE READ;\n"
-    if tables:
-        script += f"LOCK TABLE {idents} IN SHARE MODE;\n" + " UNION ALL ".join(parts) + ";\n"
-    script += f"SELECT 'restore-point|' || pg_create_restore_point({_literal(label)});\nCOMMIT;\n"
-    out = cluster.sql(database, script)
-    checksums: dict[str, list[Any]] = {}
-    for line in out.splitlines():
-        fields = line.split("|")
-        if fields[0] == "restore-point":
-            point = fields[1]
-        elif len(fields) == 3:
-            checksums[fields[0]] = [int(fields[1]), fields[2]]
-    cluster.sql("postgres", "SELECT pg_switch_wal()")  # the restore point reaches the archive now
-    return {"label": label, "database": database, "restore_point": label, "lsn": point, "tables": checksums,
-            "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+    argv = [*cluster.psql_argv(database), "-v", f"label={label}"]
+    result = pglab.run(argv, input=pbr.manifest_sql(), check=False, timeout=24 * 3600)
+    if result.returncode != 0:
+        raise BackupError(f"recording the verification manifest failed: {result.stderr.strip()[-500:]}")
+    recorded = json.loads(result.stdout.strip().splitlines()[-1])
+    return {"label": label, **recorded, "recorded_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
 
 
-def _ident(qualified: str) -> str:
-    schema, name = qualified.split(".", 1)
-    return '"' + schema.replace('"', '""') + '"."' + name.replace('"', '""') + '"'
-
-
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def annotated_manifest(backup: dict[str, Any]) -> dict[str, Any] | None:
+    """The manifest a scheduled backup carries as its `verify` annotation (render/pgbackrest.py
+    MANIFEST_ANNOTATION; `info --output=json` prints every backup's annotations), or None."""
+    text = (backup.get("annotation") or {}).get(pbr.MANIFEST_ANNOTATION)
+    if text is None:
+        return None
+    try:
+        manifest = json.loads(text)
+        if not isinstance(manifest, dict) or not {"restore_point", "database", "tables"} <= manifest.keys():
+            raise ValueError("missing restore_point, database or tables")
+    except ValueError as error:
+        raise BackupError(f"backup {backup['label']}: its {pbr.MANIFEST_ANNOTATION!r} annotation is not a "
+                          f"verification manifest ({error})") from error
+    return {"label": str(backup["label"]), **manifest}
 
 
 def s3_client() -> Any:
@@ -315,23 +312,23 @@ def verify(runtime: pbr.Runtime, *, bucket: str, stack: str, scratch: Path) -> R
     backups = [b for b in stanza.get("backup", []) if not b.get("error")]
     if not backups:
         raise BackupError("the repository holds no backup to verify")
-    # The newest backup with a manifest (`ops backup run` records one; the scheduler's backups have
-    # none): restored from that very set (--set) to its restore point.
-    manifest, label = None, str(backups[-1]["label"])
-    for candidate in reversed(backups):
-        manifest = get_manifest(bucket, stack, str(candidate["label"]))
-        if manifest is not None:
-            label = str(candidate["label"])
-            break
+    # The newest backup, and what it recorded: a scheduled backup carries its manifest as an annotation
+    # (render/pgbackrest.py scheduler_script), one taken by `ops backup run` as an S3 object.
+    label = str(backups[-1]["label"])
+    manifest = annotated_manifest(backups[-1])
+    where = f"annotation {pbr.MANIFEST_ANNOTATION!r}"
+    if manifest is None:
+        manifest, where = get_manifest(bucket, stack, label), manifest_key(stack, label)
+    if manifest is None:
+        raise BackupError(f"the latest backup {label} recorded no verification manifest (no "
+                          f"{pbr.MANIFEST_ANNOTATION!r} annotation, no s3://{bucket}/{manifest_key(stack, label)}): "
+                          "nothing to compare a restore with; take one with `ops backup run` or wait for the "
+                          "next scheduled backup")
     report = Report(label)
-    report.add("manifest recorded at backup time", manifest is not None,
-               manifest_key(stack, label) if manifest else "no backup has one: take one with `ops backup run`")
+    report.add("manifest recorded at backup time", True, where)
     target = scratch / "data"
-    if manifest is not None:
-        restore_args = [f"--set={label}", "--type=name", f"--target={manifest['restore_point']}",
-                        "--target-action=promote"]
-    else:
-        restore_args = ["--type=immediate", "--target-action=promote"]
+    restore_args = [f"--set={label}", "--type=name", f"--target={manifest['restore_point']}",
+                    "--target-action=promote"]
     _restore_raw(runtime, target, restore_args)
     cluster = start_restored(target, scratch / "sock")
     try:
@@ -340,13 +337,12 @@ def verify(runtime: pbr.Runtime, *, bucket: str, stack: str, scratch: Path) -> R
                                                "--heapallindexed"]), check=False, timeout=24 * 3600)
         report.add("pg_amcheck --all --heapallindexed", amcheck.returncode == 0,
                    (amcheck.stdout + amcheck.stderr).strip()[-500:])
-        if manifest is not None:
-            got = pglab.table_checksums(cluster, manifest["database"])
-            want = {t: (int(c), d) for t, (c, d) in manifest["tables"].items()}
-            for table in sorted(set(want) | set(got)):
-                ok = want.get(table) == got.get(table)
-                detail = "" if ok else f"recorded {want.get(table)}, restored {got.get(table)}"
-                report.add(f"{table}: rows and checksum", ok, detail)
+        got = pglab.table_checksums(cluster, manifest["database"])
+        want = {t: (int(c), d) for t, (c, d) in manifest["tables"].items()}
+        for table in sorted(set(want) | set(got)):
+            ok = want.get(table) == got.get(table)
+            detail = "" if ok else f"recorded {want.get(table)}, restored {got.get(table)}"
+            report.add(f"{table}: rows and checksum", ok, detail)
     finally:
         cluster.stop()
     return report

@@ -197,6 +197,50 @@ SELECT line FROM (
 """
 
 
+# The annotation key a backup's verification manifest is stored under (`pgbackrest annotate
+# --set=LABEL --annotation=verify=JSON`, available since 2.41; Debian's 2.45 has it). pgBackRest parses
+# `--annotation` as a hash option, splitting each KEY=VALUE at its FIRST '=' (pgbackrest src/config/parse.c
+# cfgParse, cfgOptTypeHash: strchr(pair, '=')), with no length limit on the value (src/config/parse.auto.c.inc
+# opt/annotation: PARSE_RULE_OPTION_TYPE(Hash), no size rule), so a JSON value with '=' in it is kept whole;
+# src/command/annotate/annotate.c cmdAnnotate stores it in backup.info (infoBackupDataAnnotationSet) and
+# src/command/info/info.c prints it for every backup in `info --output=json` (BACKUP_KEY_ANNOTATION).
+MANIFEST_ANNOTATION = "verify"
+
+
+def manifest_sql() -> str:
+    """psql script (variable `label`: the restore point's name) printing one line, the verification
+    manifest as JSON: {restore_point, lsn, database, tables: {"schema.table": [rows, md5]}}.
+
+    One transaction: SHARE locks on every table (writes wait, reads do not), then counts and checksums
+    and a named restore point in one statement, so the checksums describe exactly the state at that
+    point. The checksum is ops/pglab.py table_checksums' (md5 over the sorted md5s of the rows' text).
+    Dynamic per-table queries inside one SELECT go through query_to_xml (no function to install).
+    Used by `ops backup run` (ops/backup.py record_manifest) and the scheduler (scheduler_script).
+    """
+    return r"""\set ON_ERROR_STOP on
+BEGIN;
+SELECT 'LOCK TABLE ' || string_agg(format('%I.%I', n.nspname, c.relname), ', ') || ' IN SHARE MODE'
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+HAVING count(*) > 0 \gexec
+WITH point AS MATERIALIZED (SELECT pg_create_restore_point(:'label') AS lsn),
+tables AS (
+  SELECT n.nspname || '.' || c.relname AS t,
+         query_to_xml(format('SELECT count(*) AS c, md5(string_agg(md5(r::text), %L ORDER BY md5(r::text))) AS m '
+                             'FROM %I.%I AS r', '', n.nspname, c.relname), false, true, '') AS x
+  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+  WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg_toast%'
+)
+SELECT jsonb_build_object(
+  'restore_point', :'label', 'lsn', (SELECT lsn::text FROM point), 'database', current_database(),
+  'tables', coalesce((SELECT jsonb_object_agg(t, jsonb_build_array(
+      ((xpath('/row/c/text()', x))[1])::text::bigint, coalesce(((xpath('/row/m/text()', x))[1])::text, '')))
+    FROM tables), '{}'::jsonb));
+COMMIT;
+SELECT pg_switch_wal() AS switched \gset
+"""
+
+
 def scheduler_script(backup: PostgresBackup, runtime: Runtime, *, metrics_sql_path: str, textfile_dir: str,
                      interval_seconds: int = 30) -> str:
     """The backup scheduler's loop (POSIX sh, runs in the store image as the store's uid).
@@ -207,6 +251,7 @@ def scheduler_script(backup: PostgresBackup, runtime: Runtime, *, metrics_sql_pa
     """
     full, diff = " ".join(schedule_slots(backup.full)), " ".join(schedule_slots(backup.diff))
     pbr = " ".join(pgbackrest_argv(runtime))
+    psql = f"psql -X -q -At -h {runtime.socket_path} -p {runtime.port} -U {runtime.user} -d {runtime.database}"
     return f"""#!/bin/sh
 # Rendered by render/pgbackrest.py: full {backup.full.days} {backup.full.at}, diff {backup.diff.days} {backup.diff.at} (UTC).
 set -u
@@ -215,12 +260,27 @@ pbr() {{ {pbr} "$@"; }}
 metrics() {{
   info=$(pbr info --output=json 2>/dev/null) || info='[]'
   tmp={textfile_dir}/.pgbackrest.prom.$$
-  if psql -X -q -At -h {runtime.socket_path} -p {runtime.port} -U {runtime.user} -d {runtime.database} \\
-       -v info="$info" -f {metrics_sql_path} > "$tmp"; then
+  if {psql} -v info="$info" -f {metrics_sql_path} > "$tmp"; then
     mv -f "$tmp" {textfile_dir}/pgbackrest.prom
   else
     rm -f "$tmp"
   fi
+}}
+# After each scheduled backup: the verification manifest (manifest_sql, the one `ops backup run` records
+# too) stored with the backup itself as its `verify` annotation, so `ops backup verify` can drill it.
+# The newest label comes from `info --output=json`, read by psql (the image has no jq).
+record() {{
+  info=$(pbr info --output=json) || return 1
+  label=$({psql} -v info="$info" <<'SQL'
+SELECT (:'info')::json->0->'backup'->-1->>'label';
+SQL
+) || return 1
+  [ -n "$label" ] || return 1
+  manifest=$({psql} -v label="$label" <<'SQL'
+{manifest_sql().rstrip()}
+SQL
+) || return 1
+  pbr annotate --set="$label" --annotation={MANIFEST_ANNOTATION}="$manifest"
 }}
 # The stanza exists once; `stanza-create` on an existing, matching stanza is a no-op.
 until pbr stanza-create; do echo "stanza-create failed; retrying in 60s" >&2; sleep 60; done
@@ -229,8 +289,10 @@ while :; do
   now=$(date -u +%a-%H:%M | tr 'A-Z' 'a-z')
   if [ "$now" != "$last" ]; then
     last=$now
-    case " {full} " in *" $now "*) pbr --type=full backup || echo "full backup failed" >&2 ;; esac
-    case " {diff} " in *" $now "*) pbr --type=diff backup || echo "diff backup failed" >&2 ;; esac
+    case " {full} " in *" $now "*) if pbr --type=full backup; then record || echo "full backup: no manifest" >&2
+      else echo "full backup failed" >&2; fi ;; esac
+    case " {diff} " in *" $now "*) if pbr --type=diff backup; then record || echo "diff backup: no manifest" >&2
+      else echo "diff backup failed" >&2; fi ;; esac
   fi
   metrics
   sleep {interval_seconds}

@@ -277,6 +277,8 @@ def test_the_rendered_scheduler_is_valid_sh_and_fires_on_the_model_slots() -> No
     assert check.returncode == 0, check.stderr
     assert "sun-01:00" in script and "mon-01:00" in script
     assert " --config=/run/secrets/pgbackrest.conf " in script
+    # The manifest the scheduler records is the one `ops backup run` records (one renderer).
+    assert pbr.manifest_sql().rstrip() in script and "annotate --set=" in script
 
 
 # --- The operator CLI, end to end on this machine (`python -m ops backup ... `) -------------------
@@ -308,8 +310,6 @@ def test_cli_run_records_a_manifest_and_verify_catches_a_mismatch(lab: Lab, monk
     listed = json.loads(out)
     assert listed["backups"][-1]["label"] == label and listed["earliest"]
     assert not any(b["expired"] for b in listed["backups"])
-    # A later backup without a manifest (as the scheduler takes them): verify restores the set that has one.
-    ob.backup_now(lab.runtime, "incr")
     live.sql("app", "INSERT INTO messages (body) VALUES ('after the manifest')")
     code, out = _cli(lab, monkeypatch, "verify", "--bucket", BUCKET)
     assert code == 0, out
@@ -327,6 +327,12 @@ def test_cli_run_records_a_manifest_and_verify_catches_a_mismatch(lab: Lab, monk
         assert "FAIL public.blobs: rows and checksum" in out and "MISMATCH" in out
     finally:
         client.put_object(Bucket=BUCKET, Key=key, Body=original)
+    # The latest backup recorded nothing (neither annotation nor object): verify says so and fails; it
+    # does not quietly drill an older backup instead.
+    newest = ob.backup_now(lab.runtime, "incr")
+    code, out = _cli(lab, monkeypatch, "verify", "--bucket", BUCKET)
+    assert code == 3, out
+    assert f"the latest backup {newest} recorded no verification manifest" in " ".join(out.split())
 
 
 def test_cli_restore_refuses_without_yes_and_changes_nothing(lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -355,9 +361,12 @@ def test_cli_restore_switches_the_store_only_after_the_copy_checks_and_keeps_the
     assert live.sql("postgres", "SHOW archive_mode") == "on"
 
 
-def test_the_rendered_scheduler_takes_the_scheduled_backup_and_writes_the_metrics_atomically(lab: Lab) -> None:
+def test_the_rendered_scheduler_takes_the_scheduled_backup_and_writes_the_metrics_atomically(
+        lab: Lab, monkeypatch: pytest.MonkeyPatch) -> None:
     """The scheduler loop itself (render/pgbackrest.py scheduler_script) against the lab: a diff
-    backup scheduled for this minute runs, and the metrics file appears with the contract's names."""
+    backup scheduled for this minute runs and carries its verification manifest as an annotation,
+    the metrics file appears with the contract's names, and `ops backup verify` drills that backup
+    (and fails once the annotation says something the backup does not hold)."""
     import datetime as dt
 
     from config.model import BackupSchedule
@@ -376,8 +385,9 @@ def test_the_rendered_scheduler_takes_the_scheduled_backup_and_writes_the_metric
     sql = lab.root / "scheduler-metrics.sql"
     sql.write_text(pbr.metrics_sql())
     script = lab.root / "scheduler.sh"
-    script.write_text(pbr.scheduler_script(model, lab.runtime, metrics_sql_path=str(sql), textfile_dir=str(textfile),
-                                           interval_seconds=2))
+    # The store's database is the app's (components/pgbackrest.py runtime: spec.database).
+    script.write_text(pbr.scheduler_script(model, dataclasses.replace(lab.runtime, database="app"),
+                                           metrics_sql_path=str(sql), textfile_dir=str(textfile), interval_seconds=2))
     pglab.give_to_postgres(textfile, sql, script)
     before = {b["label"] for b in ob.repository(lab.runtime)["backup"]}
     proc = subprocess.Popen(pglab.as_postgres(["sh", str(script)]), start_new_session=True,
@@ -402,9 +412,29 @@ def test_the_rendered_scheduler_takes_the_scheduled_backup_and_writes_the_metric
         assert BACKUP_ARCHIVE_LAST_SUCCESS in text and BACKUP_ARCHIVE_LAG in text
         # Only the file and, mid-write, its temporary sibling (renamed over it): never a half file under the name.
         assert all(p.name.startswith(".pgbackrest.prom.") for p in textfile.iterdir() if p.name != "pgbackrest.prom")
+        label = str(new[0]["label"])
+        annotation: dict[str, str] = {}
+        while time.monotonic() < deadline and pbr.MANIFEST_ANNOTATION not in annotation:
+            backup = next(b for b in ob.repository(lab.runtime)["backup"] if b["label"] == label)
+            annotation = backup.get("annotation") or {}
+            time.sleep(0.5)
+        recorded = json.loads(annotation[pbr.MANIFEST_ANNOTATION])
+        assert recorded["restore_point"] == label and recorded["database"] == "app"
+        assert {"public.messages", "public.blobs", "public.big"} <= set(recorded["tables"])
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(10)
+    lab.live.sql("app", "INSERT INTO messages (body) VALUES ('after the scheduled backup')")
+    code, out = _cli(lab, monkeypatch, "verify", "--bucket", BUCKET)
+    assert code == 0, out
+    assert f"backup {label}: verified" in out and "ok   public.messages: rows and checksum" in out
+    # A manifest that disagrees with the backup (the count of one table off by one): verify fails.
+    recorded["tables"]["public.messages"][0] += 1
+    pglab.pgbackrest(lab.runtime, "annotate", f"--set={label}",
+                     f"--annotation={pbr.MANIFEST_ANNOTATION}={json.dumps(recorded, separators=(',', ':'))}")
+    code, out = _cli(lab, monkeypatch, "verify", "--bucket", BUCKET)
+    assert code == 1, out
+    assert "FAIL public.messages: rows and checksum" in out and "MISMATCH" in out
 
 
 def test_the_laptop_drill_restores_to_t_and_keeps_a_startable_directory(tmp_path: Path,
