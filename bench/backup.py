@@ -65,14 +65,9 @@ def bench(size_mb: int, load_seconds: int, tps: int) -> dict[str, Any]:
     try:
         s3.start()
         s3.client().create_bucket(Bucket=BUCKET)
-        live.initdb()
-        runtime = live.runtime(root / "pgbackrest.conf", root / "pgbackrest-credentials", root / "pgbackrest-work")
-        conf = pbr.pgbackrest_conf(stack="bench", bucket=BUCKET, region=pglab.S3_REGION, backup=model,
-                                   passphrase="bench-passphrase-0123456789abcdef", runtime=runtime,
-                                   endpoint=s3.endpoint())
-        pglab.write_pgbackrest(root, conf_text=conf, credentials=pbr.credentials_conf(pglab.S3_KEY, pglab.S3_SECRET))
-        live.configure({**pbr.postgres_settings(model, runtime), "shared_buffers": "256MB"})
-        live.start()
+        runtime = pglab.start_backed_up(root, live, s3, stack="bench", bucket=BUCKET, backup=model,
+                                        passphrase="bench-passphrase-0123456789abcdef",
+                                        settings={"shared_buffers": "256MB"})
         live.sql("postgres", "CREATE DATABASE bench")
         scale = max(1, round(size_mb / 15))  # pgbench: ~15 MB per scale unit
         pgbench = [str(pglab.PGBIN / "pgbench"), "-h", str(live.sock), "-p", str(live.port), "-U", "postgres"]

@@ -59,14 +59,8 @@ def drill(sql: Path, keep: Path | None) -> dict[str, Any]:
     try:
         s3.start()
         s3.client().create_bucket(Bucket=BUCKET)
-        live.initdb()
-        runtime = live.runtime(root / "pgbackrest.conf", root / "pgbackrest-credentials", root / "pgbackrest-work")
-        conf = pbr.pgbackrest_conf(stack="drill", bucket=BUCKET, region=pglab.S3_REGION, backup=model,
-                                   passphrase=secrets.token_hex(24), runtime=runtime,
-                                   endpoint=s3.endpoint())
-        pglab.write_pgbackrest(root, conf_text=conf, credentials=pbr.credentials_conf(pglab.S3_KEY, pglab.S3_SECRET))
-        live.configure(pbr.postgres_settings(model, runtime))
-        live.start()
+        runtime = pglab.start_backed_up(root, live, s3, stack="drill", bucket=BUCKET, backup=model,
+                                        passphrase=secrets.token_hex(24))
         live.sql("postgres", f"CREATE DATABASE {DATABASE}")
         copy = root / "load.sql"
         shutil.copyfile(sql, copy)

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from config.model import PostgresBackup
 from render import pgbackrest as pbr
 
 PGBIN = Path(os.environ.get("PGBIN", "/usr/lib/postgresql/15/bin"))
@@ -236,6 +237,21 @@ def write_pgbackrest(root: Path, *, conf_text: str, credentials: str) -> tuple[P
     (root / "pgbackrest-work").mkdir(exist_ok=True)
     give_to_postgres(conf, include, root / "pgbackrest-work")
     return conf, include
+
+
+def start_backed_up(root: Path, live: Cluster, s3: S3Server, *, stack: str, bucket: str, backup: PostgresBackup,
+                    passphrase: str, settings: Mapping[str, str] | None = None) -> pbr.Runtime:
+    """A new cluster archiving to `s3` as a store with backups does: initdb, the rendered
+    pgbackrest.conf and credentials under `root`, the rendered archive settings (plus `settings`),
+    started. Returns the pgBackRest runtime to call it with."""
+    live.initdb()
+    runtime = live.runtime(root / "pgbackrest.conf", root / "pgbackrest-credentials", root / "pgbackrest-work")
+    conf = pbr.pgbackrest_conf(stack=stack, bucket=bucket, region=S3_REGION, backup=backup, passphrase=passphrase,
+                               runtime=runtime, endpoint=s3.endpoint())
+    write_pgbackrest(root, conf_text=conf, credentials=pbr.credentials_conf(S3_KEY, S3_SECRET))
+    live.configure({**pbr.postgres_settings(backup, runtime), **(settings or {})})
+    live.start()
+    return runtime
 
 
 def pgbackrest(runtime: pbr.Runtime, *args: str, timeout: float = 900, check: bool = True,

@@ -108,14 +108,8 @@ def lab() -> Iterator[Lab]:
         client.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
         client.put_object_lock_configuration(Bucket=BUCKET, ObjectLockConfiguration=r.object_lock(MODEL))
         client.put_bucket_lifecycle_configuration(Bucket=BUCKET, LifecycleConfiguration={"Rules": RULES})
-        live.initdb()
-        runtime = live.runtime(root / "pgbackrest.conf", root / "pgbackrest-credentials", root / "pgbackrest-work")
         backup = recording(STACK).env.postgres.backup
-        conf = pbr.pgbackrest_conf(stack=STACK, bucket=BUCKET, region=pglab.S3_REGION, backup=backup,
-                                   passphrase=PASSPHRASE, runtime=runtime, endpoint=s3.endpoint())
-        pglab.write_pgbackrest(root, conf_text=conf, credentials=pbr.credentials_conf(pglab.S3_KEY, pglab.S3_SECRET))
-        live.configure(pbr.postgres_settings(backup, runtime))
-        live.start()
+        runtime = pglab.start_backed_up(root, live, s3, stack=STACK, bucket=BUCKET, backup=backup, passphrase=PASSPHRASE)
         live.sql("postgres", "CREATE TABLE t (id int, body text); INSERT INTO t SELECT g, md5(g::text) "
                              "FROM generate_series(1, 20000) g")
         full = ob.backup_now(runtime, "full")

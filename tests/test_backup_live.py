@@ -70,14 +70,8 @@ def lab() -> Iterator[Lab]:
     try:
         s3.start()
         s3.client().create_bucket(Bucket=BUCKET)
-        live.initdb()
-        runtime = live.runtime(root / "pgbackrest.conf", root / "pgbackrest-credentials", root / "pgbackrest-work")
         backup = recording("prod").env.postgres.backup
-        conf = pbr.pgbackrest_conf(stack="prod", bucket=BUCKET, region=pglab.S3_REGION, backup=backup,
-                                   passphrase=PASSPHRASE, runtime=runtime, endpoint=s3.endpoint())
-        pglab.write_pgbackrest(root, conf_text=conf, credentials=pbr.credentials_conf(pglab.S3_KEY, pglab.S3_SECRET))
-        live.configure(pbr.postgres_settings(backup, runtime))
-        live.start()
+        runtime = pglab.start_backed_up(root, live, s3, stack="prod", bucket=BUCKET, backup=backup, passphrase=PASSPHRASE)
         live.sql("postgres", "CREATE DATABASE app")
         ob.backup_now(runtime, "full")
         yield Lab(root, s3, live, runtime)
