@@ -44,6 +44,14 @@ def require_tool(name: str) -> str:
     return path
 
 
+def require_root(why: str) -> None:
+    """Tests that need root: in CI (CI=true, run as root) not being root fails the test; it never skips."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{why} (CI runs as root)")
+        pytest.skip(why)
+
+
 @contextlib.contextmanager
 def server_group(argv: list[str], grace: float = 10, **kwargs: Any) -> Iterator[subprocess.Popen[bytes]]:
     """A real server in a process group of its own; the whole group is stopped on the way out,

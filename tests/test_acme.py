@@ -34,7 +34,7 @@ from ops.policy import evaluate
 from ops.runner import Recording, run_stack
 from render import acme
 from render.nginx import Layout, render_nginx
-from tests.conftest import require_tool
+from tests.conftest import require_root, require_tool
 from tests.engine.replay import plain
 from tests.test_gateway import container_names
 from tests.test_gateway_live import Gateway, free_port, start_stubs, stop
@@ -167,10 +167,7 @@ def workers(gw: Gateway) -> set[int]:
 def live(rec: Recording) -> Iterator[tuple[Gateway, Path]]:
     require_tool("unshare")
     nginx = require_tool("nginx")
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the live acme test needs root (a private mount namespace)")
-        pytest.skip("the live acme test needs root (a private mount namespace)")
+    require_root("the live acme test needs root (a private mount namespace)")
     python = python_with_cryptography()
     root = Path(tempfile.mkdtemp(prefix="acme-live-"))
     root.chmod(0o755)

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from render.cloud_init import FORMAT_GUARD, render_user_data
-from tests.conftest import require_tool
+from tests.conftest import require_root, require_tool
 
 
 def test_user_data_passes_cloud_init_schema(tmp_path: Path) -> None:
@@ -149,10 +149,7 @@ def test_unused_images_are_pruned_weekly(tmp_path: Path) -> None:
 def loop_device(tmp_path: Path) -> Iterator[Path]:
     """A real block device (a loop device over a blank image), detached whatever the outcome."""
     require_tool("losetup")
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("a loop device needs root, as CI has")
-        pytest.skip("a loop device needs root")
+    require_root("a loop device needs root, as CI has")
     image = tmp_path / "disk.img"
     subprocess.run(["truncate", "-s", "32M", str(image)], check=True)
     device = Path(subprocess.run(["losetup", "--find", "--show", str(image)], check=True, capture_output=True,

@@ -35,7 +35,7 @@ import pytest
 
 from ops.runner import Recording
 from render.nginx import Layout, health_routes, render_nginx
-from tests.conftest import recording, require_tool
+from tests.conftest import recording, require_root, require_tool
 from tests.test_gateway import container_names
 
 STACKS = ["prod", "staging", "local"]
@@ -182,10 +182,7 @@ def start_stubs(rec: Recording, names: dict[str, str]) -> tuple[dict[str, str], 
 def start(stack: str, root: Path) -> Gateway:
     require_tool("unshare")
     openssl = require_tool("openssl")
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the live gateway tests need root (a private mount namespace)")
-        pytest.skip("the live gateway tests need root (a private mount namespace)")
+    require_root("the live gateway tests need root (a private mount namespace)")
     rec = recording(stack)
     names = container_names(rec)
     addresses, stubs = start_stubs(rec, names)

@@ -38,7 +38,7 @@ import yaml
 from config import Environment, load_environment, read_stack_file
 from render import monitoring as m
 from render.contracts import BACKUP_LAST_SUCCESS, SERVICE_REQUEST_DURATION
-from tests.conftest import require_tool, stop_group
+from tests.conftest import require_root, require_tool, stop_group
 from tests.test_monitoring import KNOWN_METRICS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,10 +150,7 @@ def tools() -> dict[str, str]:
         require_tool("pg_ctl")  # fails in CI, skips elsewhere
         raise AssertionError("unreachable")
     found["pg_bin"] = str(bindir)
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the live monitoring test runs PostgreSQL as the postgres user (needs root)")
-        pytest.skip("the live monitoring test runs PostgreSQL as the postgres user (needs root)")
+    require_root("the live monitoring test runs PostgreSQL as the postgres user (needs root)")
     return found
 
 
@@ -426,10 +423,7 @@ def test_the_gateway_serves_grafana_under_its_sub_path_resolved_at_request_time(
 
     nginx, openssl = require_tool("nginx"), require_tool("openssl")
     require_tool("unshare")
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("needs root (a private mount namespace for /etc/hosts)")
-        pytest.skip("needs root (a private mount namespace for /etc/hosts)")
+    require_root("needs root (a private mount namespace for /etc/hosts)")
     env = load_environment(read_stack_file(ROOT / "Pulumi.prod.yaml"))
     worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 200
     grafana_ip = f"127.5.{worker}.20"

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import COUNTS, require_tool
+from tests.conftest import COUNTS, require_root, require_tool
 from tests.swap_harness import SERVICE, Gateway, Load, gateway
 
 WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0) % 20
@@ -28,10 +28,7 @@ WORKER = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 
 def swap_gateway() -> Callable[..., Any]:
     for tool in ("nginx", "node", "openssl", "unshare"):
         require_tool(tool)
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":
-            pytest.fail("the zero-downtime tests need root (a private mount namespace, DNS on port 53)")
-        pytest.skip("the zero-downtime tests need root (a private mount namespace, DNS on port 53)")
+    require_root("the zero-downtime tests need root (a private mount namespace, DNS on port 53)")
 
     def make(block: int, **kwargs: Any) -> Any:
         return gateway(block=WORKER * 10 + block, **kwargs)
